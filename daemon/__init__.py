@@ -1,0 +1,1 @@
+"""The atari-supervisor daemon (``atari-supervisord``) and its client ``atarictl``."""

@@ -1,0 +1,1 @@
+"""``atarictl``: the supervisorctl-style client of the daemon."""

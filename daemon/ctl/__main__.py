@@ -1,0 +1,3 @@
+from daemon.ctl.cli import main
+
+raise SystemExit(main())

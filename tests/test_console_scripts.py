@@ -1,0 +1,35 @@
+"""Each console script of the distribution is installed and answers --help."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+SCRIPTS = {
+    "atari-trainer": "trainer",
+    "atari-supervisord": "daemon",
+    "atarictl": "daemon.ctl",
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_script_answers_help(script: str) -> None:
+    path = shutil.which(script)
+    assert path is not None, (
+        f"{script} is not on PATH: is the package installed (pip install -e .)?"
+    )
+    out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"usage: {script}" in out.stdout
+
+
+@pytest.mark.parametrize("module", sorted(set(SCRIPTS.values())))
+def test_python_dash_m_answers_help(module: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout

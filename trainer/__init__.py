@@ -1,0 +1,1 @@
+"""Per-game Double-DQN trainer on envpool (``atari-trainer`` / ``python -m trainer``)."""
