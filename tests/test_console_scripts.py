@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +18,9 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_console_script_answers_help(script: str) -> None:
-    path = shutil.which(script)
-    assert path is not None, (
-        f"{script} is not on PATH: is the package installed (pip install -e .)?"
-    )
+    # The venv's bin dir first: CI runs `.venv/bin/python -m pytest` without activating the venv.
+    path = shutil.which(script, path=str(Path(sys.executable).parent)) or shutil.which(script)
+    assert path is not None, f"{script} is not installed: run pip install -e ."
     out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"usage: {script}" in out.stdout
