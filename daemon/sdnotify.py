@@ -31,7 +31,9 @@ class Notifier:
         die because systemd went away (e.g. during a shutdown)."""
         if self._address is None:
             return False
-        payload = "\n".join(f"{k.upper()}={v}" for k, v in fields.items()).encode()
+        # Each value is one line; a newline would start a new (bogus) assignment.
+        lines = (f"{k.upper()}={str(v).replace(chr(10), ' ')}" for k, v in fields.items())
+        payload = "\n".join(lines).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.sendto(payload, self._address)
@@ -45,8 +47,7 @@ class Notifier:
         return self.notify(ready=1, status=status)
 
     def status(self, text: str) -> bool:
-        # STATUS is one line; a newline would start a new (bogus) assignment.
-        return self.notify(status=text.replace("\n", " "))
+        return self.notify(status=text)
 
     def watchdog(self) -> bool:
         return self.notify(watchdog=1)
