@@ -1,18 +1,420 @@
-"""Command line of atarictl. Placeholder until the atarictl issue lands."""
+"""atarictl: supervisorctl-style control of atari-supervisord over its Unix socket.
+
+Exit codes (documented in docs/cli.md): 0 ok, 1 command failed, 2 usage, 3 daemon not running
+(status/history still print from the database), 4 permission denied, 5 unknown game,
+6 backup refused or invalid, 7 daemon timed out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.ctl import formatting as fmt
+from daemon.ctl.client import (
+    Client,
+    CtlError,
+    DaemonUnreachable,
+    UnknownGame,
+)
+from daemon.ctl.paths import CtlPaths, resolve
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+
+def _duration_arg(text: str) -> float:
+    from daemon.config import parse_duration
+
+    try:
+        value = parse_duration(text if not text.isdigit() else int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; use seconds or 90s, 15m, 2h, 1d"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="atarictl", description="Control the atari-supervisor daemon (not implemented yet)."
+    p = argparse.ArgumentParser(
+        prog="atarictl",
+        description="Query and control the atari-supervisor daemon (see docs/cli.md).",
     )
+    p.add_argument("--state-dir", type=Path, help="daemon state dir (default: see docs/cli.md)")
+    p.add_argument("--runtime-dir", type=Path, help="dir holding atarictl.sock")
+    p.add_argument("--logs-dir", type=Path, help="dir holding the per-game logs")
+    p.add_argument("--socket", type=Path, help="control socket path (overrides --runtime-dir)")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)"
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("status", parents=[js], help="level, GPU and one line per game")
+    s.add_argument("games", nargs="*", metavar="GAME")
+    s.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
+    for name, what in (
+        ("start", "start games (clears FATAL)"),
+        ("stop", "stop games gracefully (they checkpoint)"),
+        ("restart", "stop then start games; they resume from their checkpoints"),
+    ):
+        c = sub.add_parser(name, parents=[js], help=what)
+        c.add_argument("games", nargs="+", metavar="GAME", help="game names or 'all'")
+    t = sub.add_parser("tail", help="a game's trainer log")
+    t.add_argument("game", metavar="GAME")
+    t.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    t.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines (default 20)")
+    lv = sub.add_parser("level", parents=[js], help="show, pin or unpin the autoscaler level")
+    lv_sub = lv.add_subparsers(dest="level_cmd", metavar="ACTION")
+    pin = lv_sub.add_parser("pin", parents=[js], help="hold the level at NAME")
+    pin.add_argument("name", metavar="NAME")
+    lv_sub.add_parser("unpin", parents=[js], help="let the autoscaler decide again")
+    h = sub.add_parser("history", parents=[js], help="boots, level changes, runs and decisions")
+    h.add_argument(
+        "--since",
+        type=_duration_arg,
+        default=86400.0,
+        metavar="DURATION",
+        help="how far back (default 24h)",
+    )
+    h.add_argument(
+        "--kind",
+        choices=("boots", "levels", "runs", "decisions"),
+        action="append",
+        help="only these kinds (repeatable; default all)",
+    )
+    sub.add_parser("reload", parents=[js], help="re-read the profile (kept if invalid)")
+    b = sub.add_parser("backup", parents=[js], help="verified tar.gz of state, models and DB")
+    b.add_argument("path", nargs="?", type=Path, metavar="PATH")
+    r = sub.add_parser("restore", parents=[js], help="restore a backup (daemon must be stopped)")
+    r.add_argument("path", type=Path, metavar="PATH")
+    sh = sub.add_parser("shutdown", parents=[js], help="stop all games gracefully, then exit")
+    sh.add_argument("--no-wait", action="store_true", help="do not wait for the daemon to exit")
+    sub.add_parser("models", parents=[js], help="each game's best and latest model")
+    d = sub.add_parser("doctor", parents=[js], help="preflight checks; no daemon needed")
+    d.add_argument("--profile", type=Path, help="profile to check (default: cpu-tiny)")
+    i = sub.add_parser("install-service", help="install the systemd unit")
+    i.add_argument("--profile", type=Path, help="profile the service runs with")
+    i.add_argument("--user", help="system user the service runs as")
+    sub.add_parser("uninstall-service", help="remove the systemd unit")
+    return p
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+class Ctl:
+    def __init__(self, args: argparse.Namespace, paths: CtlPaths) -> None:
+        self.args = args
+        self.paths = paths
+        self.client = Client(paths.socket, timeout=args.timeout)
+        self.json = bool(getattr(args, "json", False))
+
+    def out(self, human: str, data: Any) -> None:
+        if self.json:
+            print(json.dumps(data, indent=1, default=str))
+        else:
+            print(human)
+
+    # status ---------------------------------------------------------------------------------
+
+    def status_data(self) -> tuple[dict[str, Any], int]:
+        games = list(self.args.games)
+        now = time.time()
+        try:
+            raw = self.client.call("status", {"games": games} if games else {})
+            st = fmt.normalize_status(raw, now=now, source="daemon")
+            code = EXIT_OK
+        except DaemonUnreachable as down:
+            from daemon.ctl.offline import NoDatabase, offline_status
+
+            try:
+                raw = offline_status(self.paths.db, now)
+            except NoDatabase:
+                raise DaemonUnreachable(
+                    f"{down}; and no database at {self.paths.db} to read instead", down.code
+                ) from None
+            st = fmt.normalize_status(raw, now=now, source="database")
+            st["db"] = str(self.paths.db)
+            code = EXIT_NOT_RUNNING
+        if games:
+            known = {g["game"] for g in st["games"]}
+            unknown = [g for g in games if g not in known]
+            if unknown:
+                raise UnknownGame(
+                    f"unknown game {unknown[0]!r}; known games: {', '.join(sorted(known)) or '-'}"
+                    " (names as in the profile's games:)",
+                    "unknown_game",
+                )
+            st["games"] = [g for g in st["games"] if g["game"] in games]
+        return st, code
+
+    def cmd_status(self) -> int:
+        if self.args.watch is None:
+            st, code = self.status_data()
+            self.out(fmt.format_status(st), st)
+            return code
+        interval = max(0.2, self.args.watch)
+        tty = sys.stdout.isatty()
+        try:
+            while True:
+                st, code = self.status_data()
+                if self.json:
+                    print(json.dumps(st, default=str), flush=True)
+                else:
+                    # Home + clear-to-end redraws in place without flicker of a full clear.
+                    prefix = "\x1b[H\x1b[2J" if tty else ""
+                    stamp = time.strftime("%H:%M:%S")
+                    sys.stdout.write(
+                        f"{prefix}every {interval:g}s · {stamp} · Ctrl-C to quit\n"
+                        f"{fmt.format_status(st)}\n"
+                    )
+                    sys.stdout.flush()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+    # start / stop / restart -------------------------------------------------------------------
+
+    def _games_cmd(self, cmd: str) -> int:
+        result = self.client.call(cmd, {"games": list(self.args.games)})
+        self.out(_describe(cmd, result), result)
+        return EXIT_OK
+
+    def cmd_start(self) -> int:
+        return self._games_cmd("start")
+
+    def cmd_stop(self) -> int:
+        return self._games_cmd("stop")
+
+    def cmd_restart(self) -> int:
+        return self._games_cmd("restart")
+
+    # tail -------------------------------------------------------------------------------------
+
+    def cmd_tail(self) -> int:
+        from daemon.ctl.logs import follow, last_lines
+        from daemon.ctl.offline import known_games
+
+        game = self.args.game
+        path = self.paths.logs_dir / f"{game}.log"
+        if "/" in game or game.startswith("."):
+            raise UnknownGame(f"unknown game {game!r}; give a game name, not a path")
+        if not path.is_file():
+            known = known_games(self.paths.db)
+            if known and game not in known:
+                raise UnknownGame(
+                    f"unknown game {game!r}; known games: {', '.join(known)}", "unknown_game"
+                )
+            raise CtlError(
+                f"no log for {game} at {path}; it has not run yet, or pass --logs-dir",
+                "not_found",
+            )
+        lines, offset = last_lines(path, self.args.lines)
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+        if self.args.follow:
+            with contextlib.suppress(KeyboardInterrupt):
+                follow(path, offset)
+        return EXIT_OK
+
+    # level ------------------------------------------------------------------------------------
+
+    def cmd_level(self) -> int:
+        action = self.args.level_cmd
+        if action == "pin":
+            result = self.client.call("pin", {"level": self.args.name})
+        elif action == "unpin":
+            result = self.client.call("unpin", {})
+        else:
+            try:
+                result = self.client.call("level", {})
+            except DaemonUnreachable:
+                from daemon.ctl.offline import offline_status
+
+                raw = offline_status(self.paths.db, time.time())
+                result = {
+                    "level": raw["level"],
+                    "entered_at": raw["level_entered_at"],
+                    "pinned": raw["pinned"],
+                    "source": "database",
+                }
+                self.out(_describe_level(result), result)
+                return EXIT_NOT_RUNNING
+        self.out(_describe_level(result), result)
+        return EXIT_OK
+
+    # history / models ---------------------------------------------------------------------------
+
+    def cmd_history(self) -> int:
+        from daemon.ctl.offline import HISTORY_KINDS, history
+
+        kinds = tuple(self.args.kind or HISTORY_KINDS)
+        now = time.time()
+        rows = history(self.paths.db, now - self.args.since, kinds)
+        running = self.client.reachable()
+        source = "daemon running" if running else "daemon DOWN"
+        data = {"since": now - self.args.since, "kinds": list(kinds), "events": rows}
+        head = (
+            f"history since {fmt.timestamp(now - self.args.since)} "
+            f"({', '.join(kinds)}) · {source} · read-only from {self.paths.db}"
+        )
+        self.out(f"{head}\n{fmt.format_history(rows)}", data)
+        return EXIT_OK
+
+    def cmd_models(self) -> int:
+        from daemon.ctl.offline import models
+
+        rows = models(self.paths.db, self.paths.runs_dir)
+        self.out(fmt.format_models(rows, time.time()), {"models": rows})
+        return EXIT_OK
+
+    # reload / shutdown --------------------------------------------------------------------------
+
+    def cmd_reload(self) -> int:
+        result = self.client.call("reload", {})
+        self.out(_describe("reload", result), result)
+        return EXIT_OK
+
+    def cmd_shutdown(self) -> int:
+        result = self.client.call("shutdown", {})
+        if not self.args.no_wait:
+            # The daemon first stops every trainer gracefully (up to stop_grace), then exits.
+            deadline = time.monotonic() + max(self.args.timeout, 5.0) * 10
+            while time.monotonic() < deadline and self.client.reachable():
+                time.sleep(0.2)
+            if self.client.reachable():
+                raise CtlError(
+                    "daemon accepted shutdown but still runs; check journalctl -u atari-supervisor",
+                    "timeout",
+                )
+        self.out("daemon shut down" if not self.args.no_wait else "shutdown requested", result)
+        return EXIT_OK
+
+    # backup / restore / doctor ------------------------------------------------------------------
+
+    def cmd_backup(self) -> int:
+        from daemon.ctl.backup import backup, default_backup_path
+
+        now = time.time()
+        result = backup(self.paths, self.args.path or default_backup_path(now), now)
+        human = (
+            f"backup {result['path']}: {result['files']} files, {len(result['games'])} games, "
+            f"{result['bytes'] / 2**20:.1f} MiB -> {result['archive_bytes'] / 2**20:.1f} MiB, "
+            "verified"
+        )
+        for w in result["warnings"]:
+            human += f"\nwarning: {w}"
+        self.out(human, result)
+        return EXIT_OK
+
+    def cmd_restore(self) -> int:
+        from daemon.ctl.backup import restore
+
+        result = restore(self.paths, self.args.path)
+        human = (
+            f"restored {result['files']} files ({', '.join(result['games']) or 'no games'}) from "
+            f"{result['path']} (taken {fmt.timestamp(result['created_at'])}) into "
+            f"{result['state_dir']}"
+        )
+        if result["previous"]:
+            human += f"\nprevious state kept in {result['previous']}"
+        self.out(human, result)
+        return EXIT_OK
+
+    def cmd_doctor(self) -> int:
+        from daemon.config import DEFAULT_PROFILE
+        from daemon.ctl.doctor import FAIL, as_json, format_checks, run_checks
+
+        checks = run_checks(self.paths, self.args.profile or DEFAULT_PROFILE)
+        self.out(format_checks(checks), {"checks": as_json(checks)})
+        return EXIT_FAILED if any(c.status == FAIL for c in checks) else EXIT_OK
+
+    def cmd_install_service(self) -> int:
+        from daemon.ctl import service
+
+        return int(service.install_service(self.args.profile, self.args.user))
+
+    def cmd_uninstall_service(self) -> int:
+        from daemon.ctl import service
+
+        return int(service.uninstall_service())
+
+
+def _describe(cmd: str, result: Any) -> str:
+    """One line per game for start/stop/restart; the daemon's message otherwise."""
+    if isinstance(result, dict):
+        if isinstance(result.get("message"), str):
+            return result["message"]
+        if cmd == "reload":
+            changes = result.get("changes") or []
+            return f"reloaded {result.get('profile', 'the profile')}: " + (
+                "; ".join(map(str, changes)) or "no game changes"
+            )
+        games = result.get("games")
+        if isinstance(games, dict):
+            return "\n".join(f"{g}: {v}" for g, v in games.items()) or f"{cmd}: nothing to do"
+        if isinstance(games, list):
+            lines = []
+            for g in games:
+                if isinstance(g, dict):
+                    name = g.get("game") or g.get("name")
+                    lines.append(f"{name}: {g.get('result') or g.get('state') or 'ok'}")
+                else:
+                    lines.append(f"{g}: {cmd} requested")
+            return "\n".join(lines) or f"{cmd}: nothing to do"
+    return f"{cmd}: ok"
+
+
+def _describe_level(result: Any) -> str:
+    if not isinstance(result, dict):
+        return str(result)
+    if isinstance(result.get("message"), str):
+        return result["message"]
+    if isinstance(result.get("reason"), str) and "to_level" in result:
+        return f"level {result['to_level']}: {result['reason']}"  # a pin/unpin decision
+    level = result.get("level") or result.get("state") or "-"
+    entered = result.get("entered_at") or result.get("level_entered_at")
+    since = f" for {fmt.duration(time.time() - entered)}" if entered else ""
+    pinned = result.get("pinned")
+    pin = (
+        f"pinned ({pinned})" if isinstance(pinned, str) else ("pinned" if pinned else "not pinned")
+    )
+    line = f"level {level}{since} · {pin}"
+    if result.get("source") == "database":
+        line = "daemon DOWN: read-only view from the database\n" + line
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("atarictl: not implemented yet", file=sys.stderr)
-    return 1
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    paths = resolve(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
+    ctl = Ctl(args, paths)
+    handler = getattr(ctl, "cmd_" + args.command.replace("-", "_"))
+    try:
+        return int(handler())
+    except CtlError as exc:
+        print(f"atarictl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK  # `atarictl history | head`

@@ -1,0 +1,238 @@
+"""Wiring of ``atari-supervisord``: builds every part and runs the supervisor's loop.
+
+Start-up order (recovery first, READY last):
+1. profile (refused -> exit 2, nothing else happens), directories, the single-instance lock;
+2. the store (locked/corrupt -> exit 1 with one line; never a silent fresh start);
+3. the level source: the autoscaler (``daemon.autoscaler.Autoscaler``) records the boot and
+   restores its state; ``FixedLevel(profile.start_level)`` when it is not available;
+4. the daemon run row (heartbeat, clean-shutdown flag), games restored from the store and the
+   run dirs, leftover trainers of a killed daemon stopped cleanly (see ``stop_leftovers``);
+5. the supervisor, its commands (plus the autoscaler's ``level``/``pin``/``unpin``), signal
+   handlers (they only post events), the control socket, the scheduler;
+6. first loop pass (queued games start), then ``READY=1`` to systemd, then the loop.
+
+Hook points: H3's autoscaler in ``make_level_source``/``register_level_commands``, H4's control
+server in ``start_control``, H5's systemd notifications through ``Notifier`` (READY/STATUS/
+WATCHDOG/STOPPING are sent by this module and the supervisor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from daemon.clock import Clock, SystemClock
+from daemon.config import Profile, ProfileError, load_profile
+from daemon.process import ProcessManager, RealOs
+from daemon.process.os_seam import OsSeam, find_leftover
+from daemon.sdnotify import Notifier
+from daemon.store import Store, StoreError
+from daemon.supervisor import Check, FixedLevel, Request, Shutdown, Supervisor
+from daemon.telemetry import GpuProbe
+
+log = structlog.get_logger("daemon.app")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Dirs:
+    state: Path
+    logs: Path
+    runtime: Path
+
+    @property
+    def db(self) -> Path:
+        return self.state / "atari.db"
+
+    @property
+    def runs(self) -> Path:
+        return self.state / "runs"
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime / "atarictl.sock"
+
+
+def resolve_dirs(
+    profile: Profile | None,
+    state: str | None = None,
+    logs: str | None = None,
+    runtime: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Dirs:
+    """Flag, then systemd's ``$STATE_DIRECTORY``/..., then the profile's ``paths``, then
+    defaults (``./state``, ``<state>/logs``, ``<state>/run``)."""
+    env = dict(os.environ if env is None else env)
+    paths = profile.paths if profile is not None else None
+
+    def pick(flag: str | None, var: str, from_profile: str | None) -> str | None:
+        # systemd may list several directories separated by ':'; the first is ours.
+        return flag or (env.get(var) or "").split(":")[0] or from_profile
+
+    s = pick(state, "STATE_DIRECTORY", paths.state_dir if paths else None) or "state"
+    state_dir = Path(s).resolve()
+    lg = pick(logs, "LOGS_DIRECTORY", paths.logs_dir if paths else None)
+    rt = pick(runtime, "RUNTIME_DIRECTORY", paths.runtime_dir if paths else None)
+    return Dirs(
+        state_dir,
+        Path(lg).resolve() if lg else state_dir / "logs",
+        Path(rt).resolve() if rt else state_dir / "run",
+    )
+
+
+def acquire_lock(state_dir: Path) -> IO[str]:
+    """One daemon per state dir: two would start every trainer twice."""
+    f = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        other = f.read().strip() or "?"
+        f.close()
+        raise RuntimeError(
+            f"{state_dir}: another atari-supervisord (pid {other}) uses this state dir; "
+            "stop it first (atarictl shutdown) or pass another --state-dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def make_level_source(profile: Profile, store: Store, clock: Clock) -> tuple[Any, str | None]:
+    """(level source, boot id). The autoscaler records the boot, then restores its state."""
+    try:
+        from daemon.autoscaler import Autoscaler
+        from daemon.autoscaler.boots import BootIdError, read_boot_id
+    except ImportError as e:  # the autoscaler package is optional for the core
+        log.warning("autoscaler not available; running the profile's start_level", error=str(e))
+        return FixedLevel(profile.start_level), None
+    try:
+        boot_id: str | None = read_boot_id(profile.paths.boot_id_file)
+    except BootIdError as e:
+        log.warning("boot id unreadable; reboots cannot be detected", error=str(e))
+        boot_id = None
+    auto = Autoscaler(
+        profile.autoscaler, store, clock, start_level=profile.start_level,
+        boot_id_path=profile.paths.boot_id_file,
+    )  # fmt: skip
+    now = clock.now()
+    if boot_id is not None:
+        auto.record_boot(now, boot_id=boot_id)
+    auto.restore(now)
+    # Check once now: a box that reboots faster than checks.stability must still fall back,
+    # and the games should start at the decided level, not restart into it a minute later.
+    auto.check(now)
+    return auto, boot_id
+
+
+def register_level_commands(sup: Supervisor, source: Any, clock: Clock) -> None:
+    """``level`` / ``pin`` / ``unpin`` for a level source that supports them (the autoscaler)."""
+    if not hasattr(source, "pin"):
+        sup.register_command("level", lambda _a: {"level": source.current_level(),
+                                                  "autoscaler": None})  # fmt: skip
+        return
+    from daemon.autoscaler.commands import register_commands
+
+    # H3: replies carry the level status plus the decision's reason as "message" (atarictl).
+    register_commands(sup, source)
+
+
+def start_control(sup: Supervisor, dirs: Dirs, profile: Profile) -> Any:
+    from daemon.control.server import ControlServer
+
+    server = ControlServer(dirs.socket, sup.handle_request, group=profile.control.socket_group)
+    server.start()
+    log.info("control socket listening", path=str(dirs.socket))
+    return server
+
+
+def install_signal_handlers(sup: Supervisor) -> None:
+    # Handlers only post (SimpleQueue.put is reentrant, safe in a handler); the loop acts.
+    def on_stop(signum: int, _frame: Any) -> None:
+        sup.post(Shutdown(f"daemon got {signal.Signals(signum).name}"))
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, lambda *_: sup.post(Request("reload", {})))
+    signal.signal(signal.SIGCHLD, lambda *_: sup.post(Check("child")))
+
+
+def run_daemon(
+    profile_path: Path,
+    state: str | None = None,
+    logs: str | None = None,
+    runtime: str | None = None,
+    *,
+    clock: Clock | None = None,
+    seam: OsSeam | None = None,
+    notifier: Notifier | None = None,
+) -> int:
+    clock = clock or SystemClock()
+    notifier = notifier or Notifier()
+    try:
+        profile = load_profile(profile_path)
+    except ProfileError as e:
+        log.error("profile refused; not starting", error=str(e))
+        return EXIT_CONFIG
+    dirs = resolve_dirs(profile, state, logs, runtime)
+    try:
+        for d in (dirs.state, dirs.logs, dirs.runtime, dirs.runs):
+            d.mkdir(parents=True, exist_ok=True)
+        lock = acquire_lock(dirs.state)
+        store = Store.open(dirs.db)
+    except (OSError, RuntimeError, StoreError) as e:
+        log.error("cannot start", error=str(e))
+        return EXIT_FAILURE
+    log.info("starting", profile=profile.path, state_dir=str(dirs.state), pid=os.getpid())
+    server = checks = None
+    try:
+        source, boot_id = make_level_source(profile, store, clock)
+        run_id = store.daemon_started(os.getpid(), boot_id, clock.now())
+        manager = ProcessManager(profile, store, clock, seam or RealOs(), dirs.runs, dirs.logs,
+                                 source.current_level())  # fmt: skip
+        manager.restore()
+        notifier.extend_timeout(profile.stop_grace + 30)  # leftovers may need stop_grace
+        stopped = manager.stop_leftovers(find_leftover)
+        if stopped:
+            log.warning("stopped leftover trainers of a previous daemon", games=stopped)
+        sup = Supervisor(profile, store, clock, manager, source, notifier=notifier,
+                         gpu=GpuProbe(), daemon_run_id=run_id)  # fmt: skip
+        register_level_commands(sup, source, clock)
+        install_signal_handlers(sup)
+        from daemon.checks import Checks
+
+        checks = Checks(profile.checks, sup.post)
+        sup.next_run = checks.next_run
+        sup.on_reload.append(lambda p: checks.reschedule(p.checks) if checks else None)
+        try:
+            server = start_control(sup, dirs, profile)
+        except Exception as e:
+            log.error("control socket unavailable; atarictl cannot reach this daemon",
+                      error=str(e))  # fmt: skip
+        sup.post(Check("telemetry"))
+        sup.loop_once()
+        notifier.ready(sup.status_line())
+        log.info("ready", status=sup.status_line())
+        checks.start()
+        return sup.run()
+    except StoreError as e:
+        log.error("store failed", error=str(e))
+        return EXIT_FAILURE
+    finally:
+        if checks is not None:
+            checks.shutdown()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.close()
+        store.close()
+        lock.close()

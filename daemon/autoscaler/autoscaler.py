@@ -1,0 +1,324 @@
+"""The autoscaler: loads facts from the store, fires at most one transition, persists the result.
+
+It is the daemon's ``LevelSource``: ``current_level()`` is the level whose settings the games run.
+All methods are called from the supervisor's main loop, never from a scheduler thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.autoscaler import policy as guards
+from daemon.autoscaler.boots import (
+    DEFAULT_BOOT_ID_PATH,
+    BootRecord,
+    describe,
+    detect_boot,
+    kernel_boot_time,
+    read_boot_id,
+)
+from daemon.autoscaler.machine import AUTOMATIC_TRIGGERS, LevelModel, build_machine
+from daemon.autoscaler.policy import Facts
+from daemon.autoscaler.repository import AutoscalerRepository, DecisionRow, StoredState
+from daemon.autoscaler.states import is_upward, level_of, state_names, validate_ladder
+from daemon.clock import Clock
+from daemon.config import AutoscalerPolicy
+
+log = structlog.get_logger("daemon.autoscaler")
+
+
+class PinError(ValueError):
+    """An operator asked for a state the machine does not have; str() is one line."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    at: float
+    kind: str  # 'level' (automatic move) | 'operator' (pin/unpin)
+    trigger: str
+    from_state: str
+    to_state: str
+    from_level: str
+    to_level: str
+    reason: str
+    demotion: bool = False  # logged at warning; promotions and pins that climb at info
+
+    @property
+    def level_changed(self) -> bool:
+        """Whether the games must restart: fallback runs light, so light <-> fallback does not."""
+        return self.from_level != self.to_level
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        policy: AutoscalerPolicy,
+        store: Any,
+        clock: Clock,
+        *,
+        start_level: str | None = None,
+        boot_id_path: str | Path = DEFAULT_BOOT_ID_PATH,
+    ) -> None:
+        validate_ladder(policy.ladder)
+        self.policy = policy
+        self.clock = clock
+        self.repo = AutoscalerRepository(store)
+        self.boot_id_path = Path(boot_id_path)
+        initial = start_level if start_level in policy.ladder else policy.ladder[0]
+        self._model = LevelModel(policy)
+        self._machine = build_machine(self._model, initial)
+        self._entered_at = clock.now()
+        self._cooldown_s = policy.cooldown
+        self._failed = 0
+        self._pinned: str | None = None
+        self._restored = False
+        self._saved_stable_since: float | None = None
+
+    # -- LevelSource ----------------------------------------------------------------------------
+    def current_level(self) -> str:
+        if self._model.level is None:
+            raise RuntimeError("Autoscaler.restore(now) must run before current_level()")
+        return self._model.level
+
+    @property
+    def state(self) -> str:
+        return self._model.state
+
+    # -- start-up ---------------------------------------------------------------------------------
+    def record_boot(
+        self, now: float | None = None, *, boot_id: str | None = None
+    ) -> BootRecord | None:
+        """Compare the kernel boot id with the last one stored; store and return a new boot."""
+        now = self.clock.now() if now is None else now
+        boot_id = read_boot_id(self.boot_id_path) if boot_id is None else boot_id
+        record = detect_boot(boot_id, kernel_boot_time(), now, self.repo.previous_run())
+        if record is None:
+            log.info("boot unchanged; daemon restart on the same boot", boot_id=boot_id)
+            return None
+        reason = describe(record)
+        self.repo.add_boot(record, reason)
+        if record.is_reboot:
+            log.warning(reason, boot_id=boot_id, downtime_s=record.downtime_s)
+        else:
+            log.info(reason, boot_id=boot_id)
+        return record
+
+    def restore(self, now: float | None = None) -> None:
+        """Load the stored state (or start fresh), re-arm its entry side effect, apply the
+        profile's pin. transitions does not run on_enter for the initial state, hence ``arm``."""
+        now = self.clock.now() if now is None else now
+        stored = self.repo.load_state()
+        states = state_names(self.policy.ladder)
+        if stored is None:
+            self._entered_at = now
+            self._save(
+                now,
+                self._row(
+                    "level",
+                    None,
+                    self.state,
+                    now,
+                    f"start: no stored state; starting at {self.state}",
+                ),
+            )
+        elif stored.state not in states:
+            # The profile's ladder changed under a stored state: restart from the bottom rung.
+            self._machine.set_state(self.policy.ladder[0])
+            self._entered_at = now
+            self._cooldown_s, self._failed = stored.cooldown_s, stored.failed_promotions
+            self._pinned = stored.pinned if stored.pinned in states else None
+            self._save(
+                now,
+                self._row(
+                    "level",
+                    stored.state,
+                    self.state,
+                    now,
+                    f"restore: stored state {stored.state!r} is not in autoscaler.ladder "
+                    f"{list(self.policy.ladder)}; starting at {self.state}",
+                ),
+            )
+        else:
+            self._machine.set_state(stored.state)
+            self._entered_at = stored.entered_at
+            self._cooldown_s = stored.cooldown_s or self.policy.cooldown
+            self._failed = stored.failed_promotions
+            self._pinned = stored.pinned if stored.pinned in states else None
+        self._model.arm(self.state)
+        self._restored = True
+        log.info(
+            "autoscaler restored",
+            state=self.state,
+            runs_level=self.current_level(),
+            entered_at=self._entered_at,
+            pinned=self._pinned,
+            cooldown_s=self._cooldown_s,
+            failed_promotions=self._failed,
+        )
+        if self.policy.pinned is not None and self.policy.pinned != self._pinned:
+            if self.policy.pinned in states:
+                self.pin(self.policy.pinned, now, source="profile autoscaler.pinned")
+            else:
+                log.error(
+                    f"autoscaler.pinned: {self.policy.pinned!r} is not on autoscaler.ladder "
+                    f"{list(self.policy.ladder)}; pin a ladder level (ignored, not pinned)"
+                )
+
+    # -- the stability check --------------------------------------------------------------------
+    def facts(self, now: float) -> Facts:
+        since = min(self._entered_at, now - max(self.policy.window, self.policy.crash_storm.window))
+        return Facts(
+            state=self.state,
+            entered_at=self._entered_at,
+            reboots=self.repo.reboot_times(since),
+            crashes=self.repo.crash_times(since),
+            cooldown_s=self._cooldown_s,
+            failed_promotions=self._failed,
+            pinned=self._pinned,
+        )
+
+    def check(self, now: float | None = None) -> Decision | None:
+        """Evaluate the guards; fire at most one transition. Returns the level decision, if any."""
+        self._require_restored()
+        now = self.clock.now() if now is None else now
+        facts = self.facts(now)
+        if guards.is_pinned(facts):
+            return None
+        if guards.is_due_for_cooldown_reset(facts, self.policy, now):
+            reason = guards.reason_cooldown_reset(facts, self.policy, now)
+            self._failed, self._cooldown_s = 0, self.policy.cooldown
+            self._save(now, self._row("level", self.state, self.state, now, reason))
+            log.info(reason, state=self.state)
+            facts = self.facts(now)
+        available = self._machine.get_triggers(self.state)
+        for trigger in AUTOMATIC_TRIGGERS:
+            source = self.state
+            if trigger not in available:
+                continue  # no such edge here, e.g. promote at the top rung
+            if not getattr(self._model, trigger)(facts=facts, now=now):
+                continue
+            dest = self.state
+            if trigger == "fall_back":
+                reason = guards.reason_fall_back(facts, self.policy, now)
+                self._cooldown_s, self._failed = guards.next_cooldown(facts, self.policy)
+                reason += (
+                    f"; cooldown {guards.fmt_duration(self._cooldown_s)} "
+                    f"(failed promotions: {self._failed})"
+                )
+            elif trigger == "recover":
+                reason = guards.reason_recover(facts, self.policy, now, dest)
+            else:
+                reason = guards.reason_promote(facts, self.policy, now, dest)
+            self._entered_at = now
+            return self._decide("level", trigger, source, dest, now, reason)
+        if guards.stable_since(facts, self.policy, now) != self._saved_stable_since:
+            self._save(now, None)  # only when it moved: each commit is an fsync
+        return None
+
+    # -- operator override ----------------------------------------------------------------------
+    def pin(self, level: str, now: float | None = None, *, source: str = "operator") -> Decision:
+        self._require_restored()
+        now = self.clock.now() if now is None else now
+        states = state_names(self.policy.ladder)
+        if level not in states:
+            raise PinError(f"pin: unknown level {level!r}; choose one of {', '.join(states)}")
+        origin = self.state
+        self._pinned = level
+        if origin != level:
+            self._model.pin(facts=self.facts(now), now=now, target=level)
+            self._entered_at = now
+        reason = f"pin: {source} pinned {level}; automatic moves stop until unpin"
+        return self._decide("operator", "pin", origin, self.state, now, reason)
+
+    def unpin(self, now: float | None = None) -> Decision:
+        self._require_restored()
+        now = self.clock.now() if now is None else now
+        was = self._pinned
+        self._pinned = None
+        reason = (
+            f"unpin: operator released pin {was}; automatic moves resume at {self.state}"
+            if was
+            else f"unpin: nothing was pinned; automatic moves continue at {self.state}"
+        )
+        return self._decide("operator", "unpin", self.state, self.state, now, reason)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        self._require_restored()
+        now = self.clock.now() if now is None else now
+        facts = self.facts(now)
+        return {
+            "state": self.state,
+            "level": self.current_level(),
+            "ladder": list(self.policy.ladder),
+            "entered_at": self._entered_at,
+            "pinned": self._pinned,
+            "cooldown_s": self._cooldown_s,
+            "failed_promotions": self._failed,
+            "stable_since": guards.stable_since(facts, self.policy, now),
+            "next_decision_at": guards.next_review_at(facts, self.policy, now),
+            "reboots_last_hour": sum(1 for t in self.repo.reboot_times(now - 3600) if t <= now),
+            "unstable": guards.is_unstable(facts, self.policy, now),
+        }
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Boots and level decisions, oldest first (the newest ``limit`` when given)."""
+        return [asdict(d) for d in self.repo.decisions(limit=limit)]
+
+    # -- internals ------------------------------------------------------------------------------
+    def _require_restored(self) -> None:
+        if not self._restored:
+            raise RuntimeError("Autoscaler.restore(now) must run first")
+
+    def _row(
+        self, kind: str, source: str | None, dest: str, now: float, reason: str
+    ) -> DecisionRow:
+        # No trigger column: the reason starts with the trigger's word ("promote: ...").
+        return DecisionRow(at=now, kind=kind, from_state=source, to_state=dest, reason=reason)
+
+    def _decide(
+        self, kind: str, trigger: str, source: str, dest: str, now: float, reason: str
+    ) -> Decision:
+        decision = Decision(
+            at=now,
+            kind=kind,
+            trigger=trigger,
+            from_state=source,
+            to_state=dest,
+            from_level=level_of(source, self.policy.fallback_level),
+            to_level=level_of(dest, self.policy.fallback_level),
+            reason=reason,
+            demotion=source != dest and not is_upward(self.policy.ladder, source, dest),
+        )
+        self._save(now, self._row(kind, source, dest, now, reason))
+        fields = {
+            "from_state": source,
+            "to_state": dest,
+            "runs_level": decision.to_level,
+            "restart_games": decision.level_changed,
+        }
+        if decision.demotion:
+            log.warning(reason, **fields)
+        else:
+            log.info(reason, **fields)
+        return decision
+
+    def _save(self, now: float, decision: DecisionRow | None) -> None:
+        stable = guards.stable_since(self.facts(now), self.policy, now)
+        self.repo.save(
+            StoredState(
+                state=self.state,
+                entered_at=self._entered_at,
+                pinned=self._pinned,
+                cooldown_s=self._cooldown_s,
+                failed_promotions=self._failed,
+                stable_since=stable,
+            ),
+            now,
+            decision,
+        )
+        self._saved_stable_since = stable

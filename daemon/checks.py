@@ -1,0 +1,84 @@
+"""The periodic checks (APScheduler 3.x ``BackgroundScheduler``).
+
+Jobs never act: each one posts a ``Check`` event and the supervisor's main loop does the work.
+``coalesce=True`` and ``max_instances=1`` keep a slow loop from piling up runs; a generous
+``misfire_grace_time`` keeps a late run (a busy box) from being dropped. A job that raises is
+logged by the listener and the scheduler goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon.config import Checks as CheckIntervals
+from daemon.supervisor import Check
+
+log = structlog.get_logger("daemon.checks")
+
+JOBS = ("health", "stability", "telemetry", "report")
+# Test-only switch (used by the systemd tests): while this file exists the health job blocks, so
+# no WATCHDOG=1 is sent and systemd's watchdog must fire.
+STALL_ENV = "ATARI_SUPERVISOR_TEST_STALL_FILE"
+
+
+def _stall_while_file_exists() -> None:
+    path = os.environ.get(STALL_ENV)
+    if not path:
+        return
+    warned = False
+    while Path(path).exists():
+        if not warned:
+            log.warning("health job stalled by the test switch", file=path)
+            warned = True
+        time.sleep(0.5)
+
+
+class Checks:
+    def __init__(self, intervals: CheckIntervals, post: Callable[[object], None]) -> None:
+        self.post = post
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+            timezone="UTC",
+        )
+        self.scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
+        self.intervals = intervals
+        for kind in JOBS:
+            self.scheduler.add_job(self._job, "interval", args=[kind], id=kind, name=kind,
+                                   seconds=getattr(intervals, kind))  # fmt: skip
+
+    def _job(self, kind: str) -> None:
+        if kind == "health":
+            _stall_while_file_exists()
+        self.post(Check(kind))
+
+    @staticmethod
+    def _on_error(event: JobExecutionEvent) -> None:
+        log.error("check job failed; the scheduler goes on", job=event.job_id,
+                  error=repr(event.exception))  # fmt: skip
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def reschedule(self, intervals: CheckIntervals) -> None:
+        for kind in JOBS:
+            if getattr(intervals, kind) != getattr(self.intervals, kind):
+                self.scheduler.reschedule_job(kind, trigger="interval",
+                                              seconds=getattr(intervals, kind))  # fmt: skip
+        self.intervals = intervals
+
+    def next_run(self, kind: str) -> float | None:
+        job = self.scheduler.get_job(kind)
+        if job is None or job.next_run_time is None:
+            return None
+        return job.next_run_time.timestamp()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)

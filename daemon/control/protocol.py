@@ -1,0 +1,81 @@
+"""Wire format of the control socket, shared by the server and atarictl.
+
+One request per connection: the client sends one JSON object on one line
+(`{"cmd": "status", "args": {...}}\\n`), the server answers with one JSON object on one line
+(`{"ok": true, "result": ...}` or `{"ok": false, "error": "one line", "code": "..."}`) and closes.
+One request per connection keeps the server free of per-client session state, so a misbehaving
+client can only ever hold one small buffer until its deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+SOCKET_NAME = "atarictl.sock"
+MAX_REQUEST_BYTES = 64 * 1024
+# Replies can carry a whole history listing; the cap only protects the client from a runaway.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+_CMD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class ProtocolError(ValueError):
+    """A request or reply that does not follow the wire format; `code` is the reply code."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error(message: str, code: str) -> dict[str, Any]:
+    # Error text must stay one line: atarictl prints it as is.
+    return {"ok": False, "error": " ".join(str(message).split()), "code": code}
+
+
+def ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """Validate one request line; returns `{"cmd": str, "args": dict}` or raises ProtocolError."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("request is not UTF-8; send one JSON object per line") from exc
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"request is not valid JSON ({exc.msg} at column {exc.colno}); "
+            'send {"cmd": "...", "args": {...}}'
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError('request must be a JSON object like {"cmd": "status", "args": {}}')
+    extra = set(obj) - {"cmd", "args"}
+    if extra:
+        raise ProtocolError(f"unknown request field(s) {sorted(extra)}; only cmd and args exist")
+    cmd = obj.get("cmd")
+    if not isinstance(cmd, str) or not _CMD_RE.match(cmd):
+        raise ProtocolError("field cmd must be a short lowercase command name such as 'status'")
+    args = obj.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ProtocolError("field args must be a JSON object")
+    return {"cmd": cmd, "args": args}
+
+
+def parse_reply(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"daemon sent an unreadable reply: {exc}", code="bad_reply") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        raise ProtocolError("daemon sent a reply without a boolean 'ok' field", code="bad_reply")
+    return obj

@@ -1,0 +1,304 @@
+"""Read-only reads of the daemon's SQLite file: status when the daemon is down, history, models.
+
+Always opened with `mode=ro`: atarictl must never write the daemon's database, and a WAL
+database serves consistent read snapshots while the daemon writes. Queries select only the
+columns that exist, so an older or newer schema degrades to `-` fields instead of crashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from daemon.ctl.client import CtlError
+
+HISTORY_KINDS = ("boots", "levels", "runs", "decisions")
+
+
+class NoDatabase(CtlError):
+    exit_code = 3
+
+
+@contextlib.contextmanager
+def connect_ro(db: Path) -> Iterator[sqlite3.Connection]:
+    if not db.is_file():
+        raise NoDatabase(
+            f"no database at {db}; the daemon has never run with this state dir "
+            "(pass --state-dir DIR or start atari-supervisord)",
+            "no_database",
+        )
+    try:
+        conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError as exc:
+        raise CtlError(f"{db}: cannot open read-only ({exc}); check permissions", "db") from exc
+    conn.row_factory = sqlite3.Row
+    try:
+        yield conn
+    except sqlite3.DatabaseError as exc:
+        raise CtlError(f"{db}: {exc}; is this an atari-supervisor database?", "db") from exc
+    finally:
+        conn.close()
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _select(
+    conn: sqlite3.Connection,
+    table: str,
+    wanted: tuple[str, ...],
+    tail: str = "",
+    params: tuple[Any, ...] = (),
+) -> list[dict[str, Any]]:
+    have = _columns(conn, table)
+    if not have:
+        return []
+    cols = [c for c in wanted if c in have]
+    sql = f"SELECT {', '.join(cols)} FROM {table} {tail}"
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        # The tail names a column this schema lacks; fall back to an unfiltered read.
+        rows = conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+    return [{c: r[c] for c in cols} | {c: None for c in wanted if c not in have} for r in rows]
+
+
+def daemon_info(conn: sqlite3.Connection) -> dict[str, Any]:
+    rows = _select(
+        conn,
+        "daemon_runs",
+        ("pid", "started_at", "last_heartbeat", "stopped_at", "clean_shutdown"),
+        "ORDER BY id DESC LIMIT 1",
+    )
+    if not rows:
+        return {"running": False, "pid": None, "last_heartbeat": None}
+    r = rows[0]
+    return {
+        "running": False,
+        "pid": r["pid"],
+        "last_heartbeat": r["last_heartbeat"],
+        "stopped_at": r["stopped_at"],
+        "clean_shutdown": None if r["clean_shutdown"] is None else bool(r["clean_shutdown"]),
+    }
+
+
+def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict[str, Any]:
+    """The daemon's status shape, rebuilt from the tables (no GPU, no next decision)."""
+    with connect_ro(db) as conn:
+        level = _select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
+        boots = _select(conn, "boots", ("detected_at",), "WHERE detected_at >= ?", (now - 3600.0,))
+        rows = _select(
+            conn,
+            "games",
+            (
+                "name",
+                "state",
+                "target",
+                "episodes",
+                "best_return",
+                "avg100",
+                "episodes_per_hour",
+                "last_checkpoint_time",
+                "pid",
+            ),
+            "ORDER BY name",
+        )
+        info = daemon_info(conn)
+    lv = level[0] if level else {}
+    pinned = lv.get("pinned")
+    for r in rows:
+        r["pid"] = None  # the daemon is down, so none of its trainers is supervised now
+    if games:
+        rows = [r for r in rows if r["name"] in games]
+    return {
+        "level": lv.get("state"),
+        "level_entered_at": lv.get("entered_at"),
+        "pinned": pinned if pinned else None,
+        "boots_last_hour": len(boots),
+        "next_decision": None,
+        "gpu": None,
+        "games": rows,
+        "daemon": info,
+    }
+
+
+def known_games(db: Path) -> list[str]:
+    try:
+        with connect_ro(db) as conn:
+            return [r["name"] for r in _select(conn, "games", ("name",), "ORDER BY name")]
+    except CtlError:
+        return []
+
+
+def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with connect_ro(db) as conn:
+        if "boots" in kinds:
+            for r in _select(
+                conn,
+                "boots",
+                (
+                    "detected_at",
+                    "boot_id",
+                    "previous_boot_id",
+                    "downtime_s",
+                    "previous_clean_shutdown",
+                ),
+                "WHERE detected_at >= ? ORDER BY detected_at",
+                (since,),
+            ):
+                down = r["downtime_s"]
+                clean = r["previous_clean_shutdown"]
+                out.append(
+                    {
+                        "at": r["detected_at"],
+                        "kind": "boot",
+                        "game": None,
+                        "what": f"boot {str(r['boot_id'] or '?')[:8]}",
+                        "reason": (
+                            (
+                                "first boot seen"
+                                if not r["previous_boot_id"]
+                                else f"after {str(r['previous_boot_id'])[:8]}"
+                            )
+                            + ("" if down is None else f", down {down:.0f}s")
+                            + (
+                                ""
+                                if clean is None
+                                else (", clean shutdown" if clean else ", unclean shutdown")
+                            )
+                        ),
+                    }
+                )
+        if "runs" in kinds:
+            for r in _select(
+                conn,
+                "runs",
+                (
+                    "started_at",
+                    "game",
+                    "pid",
+                    "level",
+                    "num_envs",
+                    "batch_size",
+                    "ended_at",
+                    "exit_code",
+                    "signal",
+                    "reason",
+                ),
+                "WHERE started_at >= ? OR ended_at >= ? OR ended_at IS NULL ORDER BY started_at",
+                (since, since),
+            ):
+                end = "running"
+                if r["ended_at"] is not None:
+                    end = f"signal {r['signal']}" if r["signal"] else f"exit {r['exit_code']}"
+                out.append(
+                    {
+                        "at": r["started_at"],
+                        "kind": "run",
+                        "game": r["game"],
+                        "what": f"pid {r['pid']} {r['level']} envs={r['num_envs']} "
+                        f"batch={r['batch_size']}: {end}",
+                        "reason": r["reason"],
+                    }
+                )
+        if "decisions" in kinds or "levels" in kinds:
+            only_levels = "decisions" not in kinds
+            for r in _select(
+                conn,
+                "decisions",
+                ("at", "kind", "game", "from_state", "to_state", "reason"),
+                "WHERE at >= ? ORDER BY at",
+                (since,),
+            ):
+                if only_levels and r["kind"] != "level":
+                    continue
+                if r["kind"] == "boot" and "boots" in kinds:
+                    continue  # the boots table already lists it, with more detail
+                out.append(
+                    {
+                        "at": r["at"],
+                        "kind": r["kind"] or "decision",
+                        "game": r["game"],
+                        "what": f"{r['from_state'] or '-'} -> {r['to_state'] or '-'}",
+                        "reason": r["reason"],
+                    }
+                )
+    out.sort(key=lambda r: r["at"] or 0.0)
+    return out
+
+
+def models(db: Path, runs_dir: Path) -> list[dict[str, Any]]:
+    """The model registry (store table `models`), completed from run dirs for games the store
+    does not list yet, so `atarictl models` answers even before the first registry write."""
+    rows: list[dict[str, Any]] = []
+    if db.is_file():
+        with connect_ro(db) as conn:
+            for r in _select(
+                conn,
+                "models",
+                ("game", "kind", "episode", "return_", "at", "path"),
+                "ORDER BY game, kind",
+            ):
+                rows.append(
+                    {
+                        "game": r["game"],
+                        "kind": r["kind"],
+                        "episode": r["episode"],
+                        "return": r["return_"],
+                        "at": r["at"],
+                        "path": r["path"],
+                        "source": "registry",
+                    }
+                )
+    listed = {(r["game"], r["kind"]) for r in rows}
+    for run in sorted(p for p in runs_dir.glob("*") if p.is_dir()) if runs_dir.is_dir() else []:
+        rows.extend(r for r in _scan_run_dir(run) if (r["game"], r["kind"]) not in listed)
+    rows.sort(key=lambda r: (r["game"], r["kind"]))
+    return rows
+
+
+def _scan_run_dir(run: Path) -> list[dict[str, Any]]:
+    progress: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        progress = json.loads((run / "progress.json").read_text())
+    out = []
+    best = run / "best.pt"
+    if best.is_file():
+        out.append(
+            {
+                "game": run.name,
+                "kind": "best",
+                "episode": None,
+                "return": progress.get("best_return"),
+                "at": best.stat().st_mtime,
+                "path": str(best),
+                "source": "run dir",
+            }
+        )
+    ckpts = sorted((run / "checkpoints").glob("ckpt-*.pt"))
+    if ckpts:
+        latest = ckpts[-1]
+        # The file name is a sequence number, not an episode; the episode count is only known
+        # from progress.json when it was written with this checkpoint.
+        same = (
+            progress.get("last_checkpoint_time") is not None
+            and abs(float(progress["last_checkpoint_time"]) - latest.stat().st_mtime) < 5.0
+        )
+        out.append(
+            {
+                "game": run.name,
+                "kind": "latest",
+                "episode": progress.get("episodes") if same else None,
+                "return": progress.get("avg100"),
+                "at": latest.stat().st_mtime,
+                "path": str(latest),
+                "source": "run dir",
+            }
+        )
+    return out

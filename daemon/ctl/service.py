@@ -1,0 +1,218 @@
+"""`atarictl install-service` / `uninstall-service`: put the systemd unit and a profile in place.
+
+The checked-in unit (systemd/atari-supervisor.service) names a default interpreter,
+/opt/atari-supervisor/.venv/bin/python; installing renders it with the interpreter atarictl
+runs under, so the service runs the same code as the atarictl that installed it. Training data
+(/var/lib/atari-supervisor, /var/log/atari-supervisor) is never touched by either command.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+UNIT_NAME = "atari-supervisor.service"
+GROUP = "atari-supervisor"
+UNIT_TEMPLATE = Path(__file__).resolve().parents[2] / "systemd" / UNIT_NAME
+TEMPLATE_PYTHON = "/opt/atari-supervisor/.venv/bin/python"
+UNIT_DIR = Path("/etc/systemd/system")
+CONFIG_DIR = Path("/etc/atari-supervisor")
+PROFILE_NAME = "profile.yaml"
+DATA_DIRS = ("/var/lib/atari-supervisor", "/var/log/atari-supervisor")
+
+
+class ServiceError(Exception):
+    """A one-line, actionable reason why (un)installing cannot go on."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    unit: Path
+    profile: Path
+    profile_source: Path | None  # None: the installed profile was kept
+    group_created: bool
+
+
+def render_unit(template: str, python: str, user: str | None = None) -> str:
+    """The unit text with the real interpreter (and an optional User=) filled in."""
+    if TEMPLATE_PYTHON not in template:
+        raise ServiceError(f"{UNIT_TEMPLATE}: no ExecStart with {TEMPLATE_PYTHON} to replace")
+    if any(ch.isspace() or ch in "\"'\\" for ch in python):
+        # systemd splits ExecStart on whitespace; quoting is possible but a venv path with spaces
+        # is far more likely a mistake than a wish.
+        raise ServiceError(
+            f"interpreter path {python!r} contains spaces or quotes; use a venv "
+            "at a plain path such as /opt/atari-supervisor/.venv"
+        )
+    text = template.replace(TEMPLATE_PYTHON, python)
+    if user is not None:
+        # Right after Group=, so the service runs as USER with the socket group as its group.
+        text = text.replace(f"\nGroup={GROUP}\n", f"\nGroup={GROUP}\nUser={user}\n", 1)
+        if f"\nUser={user}\n" not in text:
+            raise ServiceError(f"{UNIT_TEMPLATE}: no 'Group={GROUP}' line to put User= after")
+    return text
+
+
+def _require_root_and_systemctl(command: str) -> str:
+    if os.geteuid() != 0:
+        raise ServiceError(
+            f"{command} must run as root (it writes {UNIT_DIR} and runs "
+            "systemctl); rerun it with sudo"
+        )
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        raise ServiceError(
+            f"{command}: systemctl not found; this host does not run systemd, so "
+            "run atari-supervisord directly (see README.md)"
+        )
+    return systemctl
+
+
+def _systemctl(systemctl: str, *args: str, hint: str = "") -> None:
+    result = subprocess.run([systemctl, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        # systemctl's first line says what failed; the rest points at status/journalctl.
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        detail = lines[0] if lines else f"exit status {result.returncode}"
+        raise ServiceError(f"systemctl {' '.join(args)} failed: {detail}{hint}")
+
+
+def _source_profile(profile: Path | None) -> Path | None:
+    """The profile to copy, validated; None means keep the installed one."""
+    from daemon.config import DEFAULT_PROFILE, ProfileError, load_profile
+
+    installed = CONFIG_DIR / PROFILE_NAME
+    if profile is None:
+        if installed.exists():
+            return None
+        profile = DEFAULT_PROFILE
+    if not profile.is_file():
+        raise ServiceError(
+            f"--profile {profile}: no such file; pass a profile YAML such as profiles/gpu-box.yaml"
+        )
+    try:
+        load_profile(profile)
+    except ProfileError as exc:
+        raise ServiceError(str(exc)) from None
+    return profile
+
+
+def _ensure_group() -> bool:
+    try:
+        grp.getgrnam(GROUP)
+        return False
+    except KeyError:
+        pass
+    groupadd = shutil.which("groupadd")
+    if groupadd is None:
+        raise ServiceError(f"groupadd not found; create the group {GROUP!r} yourself and rerun")
+    result = subprocess.run([groupadd, "--system", GROUP], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ServiceError(f"groupadd --system {GROUP} failed: {result.stderr.strip()}")
+    return True
+
+
+def install(profile: Path | None, user: str | None, python: str = sys.executable) -> Installed:
+    systemctl = _require_root_and_systemctl("install-service")
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ServiceError(
+                f"--user {user}: no such user; create it (useradd --system "
+                f"{user}) or leave --user out to run as root"
+            ) from None
+    if not UNIT_TEMPLATE.is_file():
+        raise ServiceError(
+            f"unit template {UNIT_TEMPLATE} is missing; install-service needs a "
+            "source checkout installed with pip install -e ."
+        )
+    unit_text = render_unit(UNIT_TEMPLATE.read_text(), python, user)
+    source = _source_profile(profile)
+
+    group_created = _ensure_group()
+    gid = grp.getgrnam(GROUP).gr_gid
+    CONFIG_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
+    os.chown(CONFIG_DIR, 0, gid)
+    installed_profile = CONFIG_DIR / PROFILE_NAME
+    if source is not None:
+        _write(installed_profile, source.read_bytes(), 0o640, gid)
+    unit = UNIT_DIR / UNIT_NAME
+    _write(unit, unit_text.encode(), 0o644, 0)
+    _systemctl(systemctl, "daemon-reload")
+    _systemctl(
+        systemctl,
+        "enable",
+        "--now",
+        UNIT_NAME,
+        hint=" (the unit is installed and enabled; see why with: "
+        "journalctl -u atari-supervisor -b -p warning)",
+    )
+    return Installed(unit, installed_profile, source, group_created)
+
+
+def _write(path: Path, data: bytes, mode: int, gid: int) -> None:
+    # Write aside and rename, so a crash never leaves systemd a half-written unit.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.chown(tmp, 0, gid)
+    os.replace(tmp, path)
+
+
+def uninstall() -> list[Path]:
+    """Stop, disable and remove the unit and the installed profile; returns what was removed."""
+    systemctl = _require_root_and_systemctl("uninstall-service")
+    unit = UNIT_DIR / UNIT_NAME
+    removed: list[Path] = []
+    if unit.exists():
+        _systemctl(systemctl, "disable", "--now", UNIT_NAME)
+        unit.unlink()
+        removed.append(unit)
+    profile = CONFIG_DIR / PROFILE_NAME
+    if profile.exists():
+        profile.unlink()
+        removed.append(profile)
+    if CONFIG_DIR.is_dir() and not any(CONFIG_DIR.iterdir()):
+        CONFIG_DIR.rmdir()
+    _systemctl(systemctl, "daemon-reload")
+    return removed
+
+
+def install_service(profile: Path | None, user: str | None) -> int:
+    """Entry point for `atarictl install-service`; prints what it did, or one error line."""
+    try:
+        done = install(profile, user)
+    except ServiceError as exc:
+        print(f"atarictl install-service: {exc}", file=sys.stderr)
+        return 1
+    if done.group_created:
+        print(f"created group {GROUP} (members may use atarictl and read state and logs)")
+    print(f"installed {done.unit} (python {sys.executable})")
+    if done.profile_source is None:
+        print(f"kept the installed profile {done.profile}")
+    else:
+        print(f"profile: {done.profile} (copied from {done.profile_source})")
+    print(f"enabled and started {UNIT_NAME}; follow it with: journalctl -u atari-supervisor -f")
+    return 0
+
+
+def uninstall_service() -> int:
+    """Entry point for `atarictl uninstall-service`."""
+    try:
+        removed = uninstall()
+    except ServiceError as exc:
+        print(f"atarictl uninstall-service: {exc}", file=sys.stderr)
+        return 1
+    if not removed:
+        print(f"{UNIT_NAME} was not installed; nothing to remove")
+    for path in removed:
+        print(f"removed {path}")
+    print(f"kept training data in {' and '.join(DATA_DIRS)} and the group {GROUP}")
+    return 0

@@ -1,0 +1,450 @@
+"""The process manager: runs the game queue on the current level's slots.
+
+Only the supervisor's main loop calls it. ``tick()`` is cheap (poll children, deadlines, backoff
+timers, free slots) and runs on every loop wake-up; ``health()`` also reads the heartbeats, detects
+frozen trainers and rotates logs. Every start, exit, restart and stop is written to the ``runs``
+and ``decisions`` tables with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.config import Level, Profile
+from daemon.process.os_seam import OsSeam, Proc, rotate_log
+from daemon.process.states import ACTIVE, LIVE, After, BackoffPolicy, Game, State
+from daemon.store import Store
+
+log = structlog.get_logger("daemon.process")
+
+# Trainer exit codes that mean "retrying cannot help" (docs/architecture.md).
+CONFIG_EXITS = {
+    2: "trainer exit code 2 (bad arguments; see the game's log)",
+    3: "trainer exit code 3 (unknown game)",
+    4: "trainer exit code 4 (run dir not writable)",
+}
+
+
+def describe_exit(rc: int) -> tuple[int | None, str | None, str]:
+    """(exit_code, signal name, text) from a Popen return code."""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return None, name, f"killed by {name}"
+    return rc, None, f"exit code {rc}"
+
+
+def trainer_argv(profile: Profile, level: Level, game: Game, run_dir: Path) -> list[str]:
+    argv = [
+        sys.executable, "-m", "trainer",
+        "--game", game.name,
+        "--episodes", str(game.target),
+        "--num-envs", str(level.num_envs),
+        "--batch-size", str(level.batch_size),
+        "--run-dir", str(run_dir),
+        "--device", profile.device,
+        "--seed", str(profile.seed + game.index),
+        "--checkpoint-every", f"{profile.checkpoint_every:g}",
+    ]  # fmt: skip
+    if level.buffer_gb is not None:
+        argv += ["--buffer-gb", f"{level.buffer_gb:g}"]
+    return argv + list(profile.trainer_args) + list(level.trainer_args)
+
+
+def read_progress(run_dir: Path) -> dict[str, Any]:
+    """The trainer's heartbeat; {} when absent or unreadable (it is replaced atomically)."""
+    try:
+        data = json.loads((run_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _backoff(profile: Profile) -> BackoffPolicy:
+    b = profile.backoff
+    return BackoffPolicy(b.initial, b.factor, b.max, b.reset_after, b.storm_crashes, b.storm_window)
+
+
+class ProcessManager:
+    def __init__(
+        self, profile: Profile, store: Store, clock: Clock, seam: OsSeam,
+        runs_dir: Path, logs_dir: Path, level: str,
+    ) -> None:  # fmt: skip
+        self.profile, self.store, self.clock, self.seam = profile, store, clock, seam
+        self.runs_dir, self.logs_dir = runs_dir, logs_dir
+        self.level = level
+        self.policy = _backoff(profile)
+        self.draining = False  # shutting down: start nothing new
+        self.games: dict[str, Game] = {
+            g.name: Game(g.name, g.target, i) for i, g in enumerate(profile.games)
+        }
+
+    # ------------------------------------------------------------------ paths and records
+
+    def run_dir(self, game: str) -> Path:
+        return self.runs_dir / game
+
+    def log_path(self, game: str) -> Path:
+        return self.logs_dir / f"{game}.log"
+
+    def _decide(
+        self, g: Game, prev: State | str | None, reason: str, kind: str = "process"
+    ) -> None:
+        now = self.clock.now()
+        prev_s = prev.value if isinstance(prev, State) else prev
+        self.store.record_decision(now, kind, reason, g.name, prev_s, g.state.value)
+        warn = g.state in (State.BACKOFF, State.FATAL) or "frozen" in reason
+        (log.warning if warn else log.info)(
+            "game state", game=g.name, from_state=prev_s, to_state=g.state.value, reason=reason
+        )
+        self._persist(g)
+
+    def _persist(self, g: Game) -> None:
+        p = g.progress
+        fields: dict[str, Any] = {
+            "state": g.state.value, "target": g.target, "updated_at": self.clock.now(),
+            "pid": g.proc.pid if g.proc is not None else None,
+        }  # fmt: skip
+        for src, dst in (("episodes", "episodes"), ("env_steps", "env_steps"),
+                         ("best_return", "best_return"), ("avg100", "avg100"),
+                         ("episodes_per_hour", "episodes_per_hour"),
+                         ("last_checkpoint_time", "last_checkpoint_time")):  # fmt: skip
+            if p.get(src) is not None:
+                fields[dst] = p[src]
+        self.store.upsert_game(g.name, **fields)
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self) -> None:
+        """Rebuild every game from the store and its run dir's progress.json."""
+        stored = self.store.games()
+        for g in self.games.values():
+            g.progress = read_progress(self.run_dir(g.name))
+            row = stored.get(g.name, {})
+            episodes = int(g.progress.get("episodes") or row.get("episodes") or 0)
+            prev = row.get("state")
+            if episodes >= g.target:
+                g.done(f"target reached ({episodes}/{g.target} episodes)")
+            elif prev in (State.STOPPED.value, State.FATAL.value):
+                g.state = State(prev)  # operator intent and FATAL survive restarts
+                g.reason = f"restored {prev} from the store"
+            else:
+                g.state = State.QUEUED
+                g.reason = (
+                    f"restored: {episodes}/{g.target} episodes; resumes from its checkpoint"
+                    if episodes
+                    else "restored: not started yet"
+                )
+            self._decide(g, prev, g.reason)
+
+    def stop_leftovers(self, find: Any) -> list[str]:
+        """After a ``kill -9`` of the daemon its trainers live on in their own process groups.
+        We stop them cleanly (SIGTERM: they checkpoint) and restart them ourselves, rather than
+        adopt them: a process we did not spawn cannot be waited on for its exit code. ``find``
+        is ``(pid, create_time, run_dir) -> Proc | None`` and verifies pid reuse."""
+        candidates: dict[str, list[tuple[int, float | None, int | None]]] = {}
+        for run in self.store.open_runs():
+            candidates.setdefault(run["game"], []).append(
+                (run["pid"], run["proc_start_time"], run["id"])
+            )
+        for name in self.games:
+            pid = read_progress(self.run_dir(name)).get("pid")
+            if isinstance(pid, int):
+                candidates.setdefault(name, []).append((pid, None, None))
+        leftovers: dict[str, Proc] = {}
+        now = self.clock.now()
+        for name, cands in candidates.items():
+            for pid, ctime, run_id in cands:
+                proc = find(pid, ctime, self.run_dir(name))
+                if proc is not None and name not in leftovers:
+                    leftovers[name] = proc
+                if run_id is not None:
+                    alive = proc is not None
+                    reason = (
+                        f"leftover trainer pid {pid} of a previous daemon: stopped cleanly at start"
+                        if alive else "ended while the daemon was down (exit status unknown)"
+                    )  # fmt: skip
+                    self.store.run_ended(run_id, now, exit_code=None, signal=None, reason=reason)
+        for name, proc in leftovers.items():
+            log.warning("stopping leftover trainer", game=name, pid=proc.pid)
+            self.seam.signal_group(proc, signal.SIGTERM)
+        deadline = self.clock.monotonic() + self.profile.stop_grace
+        for name, proc in leftovers.items():
+            left = max(0.0, deadline - self.clock.monotonic())
+            if self.seam.wait(proc, left) is None:
+                self.seam.signal_group(proc, signal.SIGKILL)
+                self.seam.wait(proc, 10.0)
+            self.store.record_decision(
+                self.clock.now(), "process",
+                f"stopped leftover trainer pid {proc.pid} of a previous daemon (SIGTERM, "
+                "checkpointed); it restarts from its checkpoint", name,
+            )  # fmt: skip
+        return sorted(leftovers)
+
+    # ------------------------------------------------------------------ the loop's entry points
+
+    def tick(self) -> None:
+        mono = self.clock.monotonic()
+        for g in self.games.values():
+            if g.state in LIVE:
+                rc = self.seam.poll(g.proc)
+                if rc is not None:
+                    self._on_exit(g, rc)
+                    continue
+            if g.state is State.STOPPING and g.stop_deadline is not None and not g.killed:
+                if mono >= g.stop_deadline:
+                    g.killed = True
+                    self.seam.signal_group(g.proc, signal.SIGKILL)
+                    log.warning("stop_grace over, SIGKILL", game=g.name,
+                                stop_grace=self.profile.stop_grace)  # fmt: skip
+            elif g.state is State.STARTING and g.started_mono is not None:
+                if mono - g.started_mono >= self.profile.startsecs:
+                    g.became_running()
+                    self._decide(g, State.STARTING,
+                                 f"stayed up startsecs={self.profile.startsecs:g}s")  # fmt: skip
+            elif (
+                g.state is State.BACKOFF
+                and not self.draining
+                and g.retry_at is not None
+                and mono >= g.retry_at
+            ):
+                self._spawn(g, f"backoff over; restart #{len(g.crashes)}")
+        self._fill_slots()
+
+    def health(self) -> None:
+        """Heartbeats, frozen detection, backoff reset, log rotation (the health job)."""
+        mono, now = self.clock.monotonic(), self.clock.now()
+        for g in self.games.values():
+            if g.state in LIVE:
+                g.progress = read_progress(self.run_dir(g.name)) or g.progress
+                self._persist(g)
+            if g.state is State.RUNNING:
+                if g.maybe_reset_backoff(mono, self.policy):
+                    log.info("backoff reset", game=g.name, reset_after=self.policy.reset_after)
+                self._check_frozen(g, mono, now)
+            with contextlib.suppress(OSError):
+                if rotate_log(self.log_path(g.name), self.profile.game_logs.max_bytes,
+                              self.profile.game_logs.backups):  # fmt: skip
+                    log.info("rotated game log", game=g.name)
+
+    def _check_frozen(self, g: Game, mono: float, now: float) -> None:
+        beat = g.progress.get("updated_at") if g.progress.get("pid") == g.proc.pid else None
+        last = max(float(beat or 0.0), g.started_wall or 0.0)
+        age = now - last
+        if age > self.profile.frozen_after:
+            reason = (
+                f"frozen: heartbeat {age:.0f}s old (frozen_after={self.profile.frozen_after:g}s);"
+                " graceful restart"
+            )
+            self._stop(g, After.RESTART, reason)
+
+    # ------------------------------------------------------------------ exits and starts
+
+    def _on_exit(self, g: Game, rc: int) -> None:
+        code, sig, text = describe_exit(rc)
+        g.progress = read_progress(self.run_dir(g.name)) or g.progress
+        episodes = int(g.progress.get("episodes") or 0)
+        reached = g.progress.get("status") == "done" or episodes >= g.target
+        prev = g.state
+        after = g.after
+        if g.state is State.STOPPING:
+            reason = f"{g.stop_reason}: {text}"
+            if g.killed:
+                reason += f" after stop_grace={self.profile.stop_grace:g}s"
+            if rc == 0 and reached:
+                g.done(f"target reached ({episodes}/{g.target} episodes) while stopping")
+            else:
+                g.exited_while_stopping()
+        elif rc == 0 and reached:
+            reason = f"target reached ({episodes}/{g.target} episodes): {text}"
+            g.done(reason)
+        elif code in CONFIG_EXITS:
+            reason = CONFIG_EXITS[code]
+            g.fatal(reason)
+            reason = g.reason
+        else:
+            why = text if rc != 0 else f"{text} before the target ({episodes}/{g.target})"
+            label = "failed start" if prev is State.STARTING else "crashed"
+            g.crashed(self.clock.monotonic(), self.policy, f"{label}: {why}")
+            reason = g.reason
+        if g.run_id is not None:
+            self.store.run_ended(g.run_id, self.clock.now(), exit_code=code, signal=sig,
+                                 reason=reason)  # fmt: skip
+            g.run_id = None
+        self._decide(g, prev, reason)
+        if after is After.RESTART and g.state is State.QUEUED and not self.draining:
+            self._spawn(g, "restart after stop")
+
+    def _spawn(self, g: Game, reason: str) -> None:
+        level = self.profile.level(self.level)
+        run_dir = self.run_dir(g.name)
+        argv = trainer_argv(self.profile, level, g, run_dir)
+        prev = g.state
+        try:
+            proc = self.seam.spawn(argv, run_dir, self.log_path(g.name))
+        except OSError as e:
+            g.crashed(self.clock.monotonic(), self.policy, f"spawn failed: {e}")
+            self._decide(g, prev, g.reason)
+            return
+        now = self.clock.now()
+        run_id = self.store.run_started(
+            g.name, proc.pid, now, level=self.level, num_envs=level.num_envs,
+            batch_size=level.batch_size, proc_start_time=proc.create_time,
+        )  # fmt: skip
+        g.start(proc, run_id, self.clock.monotonic(), now, self.level)
+        episodes = int(g.progress.get("episodes") or 0)
+        self._decide(
+            g,
+            prev,
+            f"{reason}; pid {proc.pid}, level {self.level} "
+            f"({level.num_envs} envs x batch {level.batch_size}), from episode {episodes}",
+        )
+
+    def queue_order(self) -> list[Game]:
+        """Longest target first; the profile's order breaks ties."""
+        queued = [g for g in self.games.values() if g.state is State.QUEUED]
+        return sorted(queued, key=lambda g: (-g.target, g.index))
+
+    def free_slots(self) -> int:
+        used = sum(1 for g in self.games.values() if g.state in ACTIVE)
+        return max(0, self.profile.level(self.level).games - used)
+
+    def _fill_slots(self) -> None:
+        if self.draining:
+            return
+        # While a level change drains, start nothing: old and new load must not overlap.
+        if any(g.state is State.STOPPING and g.after is After.QUEUED for g in self.games.values()):
+            return
+        for g in self.queue_order()[: self.free_slots()]:
+            self._spawn(g, "slot free")
+
+    # ------------------------------------------------------------------ stops
+
+    def _stop(self, g: Game, after: After, reason: str) -> None:
+        prev = g.state
+        g.stopping(self.clock.monotonic(), self.profile.stop_grace, after, reason)
+        self.seam.signal_group(g.proc, signal.SIGTERM)
+        self._decide(g, prev, f"{reason}: SIGTERM to process group {g.proc.pid}")
+
+    def stop_all(self, reason: str, after: After = After.QUEUED) -> int:
+        """SIGTERM every live game at once (parallel); the loop's ``tick`` SIGKILLs at the
+        deadline. Returns the number of processes signalled."""
+        n = 0
+        for g in self.games.values():
+            if g.state in (State.STARTING, State.RUNNING):
+                self._stop(g, after, reason)
+                n += 1
+            elif g.state is State.STOPPING and g.after is After.RESTART:
+                g.after = after  # a shutdown wins over a pending restart
+        return n
+
+    def shutdown(self, reason: str) -> int:
+        self.draining = True
+        return self.stop_all(reason, After.QUEUED)
+
+    def any_live(self) -> bool:
+        return any(g.state in LIVE for g in self.games.values())
+
+    def change_level(self, level: str, reason: str) -> None:
+        """Graceful stop of the running games; they restart with ``level``'s settings."""
+        old, self.level = self.level, level
+        log.info("level change", from_level=old, to_level=level, reason=reason)
+        for g in self.games.values():
+            if g.state in (State.STARTING, State.RUNNING):
+                self._stop(g, After.QUEUED, f"level {old} -> {level}")
+
+    # ------------------------------------------------------------------ operator commands
+
+    def unknown(self, names: list[str]) -> list[str]:
+        return [n for n in names if n != "all" and n not in self.games]
+
+    def _select(self, names: list[str]) -> list[Game]:
+        if "all" in names:
+            return list(self.games.values())
+        return [self.games[n] for n in names]
+
+    def start(self, names: list[str]) -> dict[str, str]:
+        out = {}
+        for g in self._select(names):
+            if g.state in (State.STOPPED, State.FATAL) or (
+                g.state is State.DONE and int(g.progress.get("episodes") or 0) < g.target
+            ):
+                prev = g.state
+                g.requeue("operator start")
+                self._decide(g, prev, "operator start", kind="operator")
+            out[g.name] = g.state.value
+        self._fill_slots()
+        return {n: self.games[n].state.value for n in out}
+
+    def stop(self, names: list[str]) -> dict[str, str]:
+        for g in self._select(names):
+            if g.state in (State.STARTING, State.RUNNING):
+                self._stop(g, After.STOPPED, "operator stop")
+            elif g.state is State.STOPPING:
+                g.after = After.STOPPED
+            elif g.state in (State.QUEUED, State.BACKOFF, State.FATAL):
+                prev = g.state
+                g.stopped_without_process(After.STOPPED, "operator stop")
+                self._decide(g, prev, "operator stop", kind="operator")
+        return {g.name: g.state.value for g in self._select(names)}
+
+    def restart(self, names: list[str]) -> dict[str, str]:
+        for g in self._select(names):
+            if g.state in (State.STARTING, State.RUNNING):
+                self._stop(g, After.RESTART, "operator restart")
+            elif g.state in (State.STOPPED, State.FATAL, State.BACKOFF):
+                prev = g.state
+                if g.state is State.BACKOFF:
+                    g.stopped_without_process(After.QUEUED, "operator restart")
+                else:
+                    g.requeue("operator restart")
+                self._decide(g, prev, "operator restart", kind="operator")
+        self._fill_slots()
+        return {g.name: g.state.value for g in self._select(names)}
+
+    def set_profile(self, profile: Profile) -> list[str]:
+        """Adopt a reloaded profile: new games queue, targets and settings update; games no
+        longer in the profile are stopped. Returns what changed, for the reply."""
+        changes = []
+        self.profile, self.policy = profile, _backoff(profile)
+        if self.level not in profile.level_names:
+            self.change_level(profile.start_level, "reload: level no longer in the profile")
+        for i, gt in enumerate(profile.games):
+            g = self.games.get(gt.name)
+            if g is None:
+                g = self.games[gt.name] = Game(gt.name, gt.target, i)
+                self._decide(g, None, "reload: new game queued")
+                changes.append(f"added {gt.name}")
+                continue
+            g.index = i
+            if g.target != gt.target:
+                changes.append(f"{gt.name} target {g.target} -> {gt.target}")
+                g.target = gt.target
+                if g.state in (State.STARTING, State.RUNNING):
+                    self._stop(g, After.RESTART, "reload: target changed")
+                elif g.state is State.DONE and int(g.progress.get("episodes") or 0) < g.target:
+                    g.requeue("reload: target raised")
+                    self._decide(g, State.DONE, "reload: target raised")
+        for name in [n for n in self.games if n not in {gt.name for gt in profile.games}]:
+            self.stop([name])
+            changes.append(f"removed {name} (stopped)")
+        self._fill_slots()
+        return changes
+
+    # ------------------------------------------------------------------ views
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in State}
+        for g in self.games.values():
+            out[g.state.value] += 1
+        return out

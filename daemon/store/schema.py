@@ -1,0 +1,152 @@
+"""SQLite schema (SQLAlchemy Core) and its in-code migration list.
+
+``SCHEMA_VERSION`` is stored in ``schema_version``. A database from a newer version is refused; an
+older one is migrated step by step by ``MIGRATIONS[v]`` (v -> v+1) inside one transaction. Each
+migration is plain DDL: for a handful of additive changes this is clearer than Alembic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 2
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+boots = Table(
+    "boots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("boot_id", String, nullable=False),
+    Column("detected_at", Float, nullable=False),
+    Column("kernel_boot_time", Float),
+    Column("previous_boot_id", String),
+    Column("last_heartbeat_before", Float),
+    Column("downtime_s", Float),
+    Column("previous_clean_shutdown", Boolean),
+)
+
+daemon_runs = Table(
+    "daemon_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("boot_id", String),
+    Column("started_at", Float, nullable=False),
+    Column("last_heartbeat", Float),
+    Column("stopped_at", Float),
+    Column("clean_shutdown", Boolean, nullable=False, default=False),
+)
+
+level_state = Table(
+    "level_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # singleton row id=1
+    Column("state", String, nullable=False),
+    Column("entered_at", Float, nullable=False),
+    Column("pinned", String),
+    Column("cooldown_s", Float),
+    Column("failed_promotions", Integer, nullable=False, default=0),
+    Column("stable_since", Float),
+    Column("updated_at", Float),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("kind", String, nullable=False),  # level | process | boot | operator | daemon
+    Column("game", String),
+    Column("from_state", String),
+    Column("to_state", String),
+    Column("reason", Text),
+)
+
+games = Table(
+    "games",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("state", String, nullable=False),
+    Column("target", Integer, nullable=False),
+    Column("episodes", Integer, nullable=False, default=0),
+    Column("env_steps", Integer, nullable=False, default=0),
+    Column("best_return", Float),
+    Column("avg100", Float),
+    Column("episodes_per_hour", Float),
+    Column("last_checkpoint_time", Float),
+    Column("pid", Integer),
+    Column("updated_at", Float),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("game", String, nullable=False, index=True),
+    Column("pid", Integer, nullable=False),
+    # psutil create_time of the pid: tells a leftover trainer from an unrelated reused pid.
+    Column("proc_start_time", Float),
+    Column("level", String),
+    Column("num_envs", Integer),
+    Column("batch_size", Integer),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("exit_code", Integer),
+    Column("signal", String),
+    Column("reason", Text),
+)
+
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("kind", String, nullable=False),  # gpu | host | process
+    Column("payload", JSON, nullable=False),
+)
+
+# Added in schema version 2 (model registry for atarictl).
+models = Table(
+    "models",
+    metadata,
+    Column("game", String, primary_key=True),
+    Column("kind", String, primary_key=True),  # best | latest
+    Column("episode", Integer),
+    Column("return_", Float),
+    Column("at", Float),
+    Column("path", Text),
+)
+
+V1_TABLES = (
+    "schema_version",
+    "boots",
+    "daemon_runs",
+    "level_state",
+    "decisions",
+    "games",
+    "runs",
+    "telemetry",
+)
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    models.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}

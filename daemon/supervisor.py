@@ -1,0 +1,398 @@
+"""The supervisor: ONE main loop that decides, fed by one event queue.
+
+Who talks to it, and how (all thread-safe, none of them acts by itself):
+- scheduler jobs (``daemon/checks.py``) and signal handlers call ``post(event)``;
+- the control socket (``daemon/control/server.py``) calls ``handle_request(request)``, which
+  queues the request and waits for the loop's reply: ``{"ok": true, "result": {...}}`` or
+  ``{"ok": false, "error": "one line", "code": "unknown_game" | "bad_request" | ...}``;
+- more commands plug in with ``register_command(name, fn)``; ``fn(args) -> dict`` runs in the
+  main loop (the autoscaler's ``level``/``pin``/``unpin`` do, see ``daemon/app.py``).
+
+The level comes from one place, ``level_source.current_level()`` (``FixedLevel`` or the
+autoscaler). After every event the loop compares it with the level the games run at and, if it
+differs, does the level change (graceful parallel stop, restart with the new settings). On the
+``stability`` event it calls ``level_source.check(now)`` when the source has one.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.config import Profile, ProfileError, load_profile
+from daemon.process import ProcessManager, State
+from daemon.sdnotify import Notifier
+from daemon.store import Store
+from daemon.telemetry import GpuProbe, ProcessProbe, gpu_summary, host_sample
+
+log = structlog.get_logger("daemon.supervisor")
+
+Command = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class LevelSource(Protocol):
+    def current_level(self) -> str: ...
+
+
+class FixedLevel:
+    """The level the profile names; the autoscaler replaces it with the same protocol."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def current_level(self) -> str:
+        return self.name
+
+
+class CommandError(Exception):
+    """A command's refusal: becomes ``{"ok": false, "code": code, "error": message}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # health | stability | telemetry | report | child (SIGCHLD)
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str
+
+
+@dataclass
+class Request:
+    cmd: str
+    args: dict[str, Any]
+    reply: queue.Queue[dict[str, Any]] = field(default_factory=lambda: queue.Queue(maxsize=1))
+
+
+# ---------------------------------------------------------------------------- supervisor
+
+
+class Supervisor:
+    def __init__(
+        self,
+        profile: Profile,
+        store: Store,
+        clock: Clock,
+        manager: ProcessManager,
+        level_source: LevelSource,
+        *,
+        notifier: Notifier | None = None,
+        gpu: GpuProbe | None = None,
+        daemon_run_id: int | None = None,
+    ) -> None:
+        self.profile, self.store, self.clock = profile, store, clock
+        self.manager, self.level_source = manager, level_source
+        self.notifier = notifier or Notifier(address="")
+        self.gpu = gpu
+        self.procs = ProcessProbe()
+        self.daemon_run_id = daemon_run_id
+        self.started_at = clock.now()
+        # SimpleQueue: put() is reentrant, so signal handlers may post too.
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.commands: dict[str, Command] = {}
+        self.on_reload: list[Callable[[Profile], None]] = []
+        self.next_run: Callable[[str], float | None] = lambda _job: None
+        self.stopping = False
+        self.stopped = False
+        self.exit_code = 0
+        self.last_gpu: dict[str, Any] | None = None
+        self._status_line = ""
+        for name, fn in (("status", self.cmd_status), ("start", self.cmd_start),
+                         ("stop", self.cmd_stop), ("restart", self.cmd_restart),
+                         ("reload", self.cmd_reload), ("shutdown", self.cmd_shutdown)):  # fmt: skip
+            self.register_command(name, fn)
+
+    # ------------------------------------------------------------------ thread-safe inputs
+
+    def post(self, event: object) -> None:
+        self.events.put(event)
+
+    def register_command(self, name: str, fn: Command) -> None:
+        self.commands[name] = fn
+
+    def handle_request(self, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        cmd, args = request.get("cmd"), request.get("args", {})
+        if not isinstance(cmd, str) or not isinstance(args, dict):
+            return {"ok": False, "code": "bad_request",
+                    "error": 'a request is {"cmd": NAME, "args": {...}}'}  # fmt: skip
+        if self.stopped:
+            return {"ok": False, "code": "shutting_down", "error": "the daemon is shutting down"}
+        req = Request(cmd, args)
+        self.post(req)
+        try:
+            return req.reply.get(timeout=timeout)
+        except queue.Empty:
+            return {"ok": False, "code": "timeout",
+                    "error": f"the daemon did not answer within {timeout:g}s"}  # fmt: skip
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, wake: float = 1.0) -> int:
+        """Until a shutdown has finished; wakes at least every ``wake`` seconds to reap."""
+        while not self.stopped:
+            self.loop_once(timeout=0.2 if self.stopping else wake)
+        return self.exit_code
+
+    def loop_once(self, timeout: float | None = 0.0) -> None:
+        """Handle every queued event (waiting up to ``timeout`` for the first), then reap and
+        fill slots. The only place that changes state."""
+        try:
+            event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+        except queue.Empty:
+            event = None
+        while event is not None:
+            self._handle(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                event = None
+        self.manager.tick()
+        self._sync_level("level source changed")
+        self._notify_status()
+        if self.stopping and not self.manager.any_live():
+            self._finish_shutdown()
+
+    def _handle(self, event: object) -> None:
+        try:
+            if isinstance(event, Request):
+                event.reply.put(self._run_command(event))
+            elif isinstance(event, Shutdown):
+                self.begin_shutdown(event.reason)
+            elif isinstance(event, Check):
+                getattr(self, f"_on_{event.kind}")()
+            else:
+                log.error("unknown event ignored", event_type=type(event).__name__)
+        except Exception:
+            # One bad event must not take the supervisor down with every trainer.
+            log.exception("event handling failed", event_type=type(event).__name__)
+
+    def _run_command(self, req: Request) -> dict[str, Any]:
+        fn = self.commands.get(req.cmd)
+        if fn is None:
+            known = ", ".join(sorted(self.commands))
+            return {"ok": False, "code": "unknown_command",
+                    "error": f"unknown command {req.cmd!r}; known: {known}"}  # fmt: skip
+        if self.stopping and req.cmd not in ("status", "shutdown"):
+            return {"ok": False, "code": "shutting_down", "error": "the daemon is shutting down"}
+        try:
+            result = fn(req.args)
+        except CommandError as e:
+            return {"ok": False, "code": e.code, "error": str(e)}
+        except (ValueError, KeyError) as e:
+            return {"ok": False, "code": "bad_request", "error": str(e).strip("'\"")}
+        except Exception as e:
+            log.exception("command failed", cmd=req.cmd)
+            return {"ok": False, "code": "internal", "error": f"{type(e).__name__}: {e}"}
+        if isinstance(result, dict) and "ok" in result:
+            return result
+        self._sync_level(f"operator {req.cmd}")
+        return {"ok": True, "result": result}
+
+    # ------------------------------------------------------------------ checks
+
+    def _on_child(self) -> None:
+        pass  # the tick after every batch of events reaps
+
+    def _on_health(self) -> None:
+        self.manager.health()
+        if self.daemon_run_id is not None:
+            self.store.daemon_heartbeat(self.daemon_run_id, self.clock.now())
+        self.notifier.watchdog()
+
+    def _on_stability(self) -> None:
+        check = getattr(self.level_source, "check", None)
+        if check is None:
+            return
+        decision = check(self.clock.now())
+        if decision is not None:
+            log.info("autoscaler decision", reason=getattr(decision, "reason", str(decision)))
+        self._sync_level(getattr(decision, "reason", "autoscaler decision"))
+
+    def _on_telemetry(self) -> None:
+        now = self.clock.now()
+        pids = [g.proc.pid for g in self.manager.games.values() if g.proc is not None]
+        samples: dict[str, dict[str, Any]] = {
+            "host": host_sample(), "process": self.procs.sample(pids)
+        }  # fmt: skip
+        if self.gpu is not None:
+            samples["gpu"] = self.last_gpu = self.gpu.sample()
+        for kind, payload in samples.items():
+            self.store.add_telemetry(now, kind, payload)
+        self.store.prune_telemetry(now - self.profile.telemetry_retention)
+
+    def _on_report(self) -> None:
+        for row in self.game_rows():
+            log.info(
+                "report",
+                **{
+                    k: row[k]
+                    for k in (
+                        "game",
+                        "state",
+                        "episodes",
+                        "target",
+                        "eps_per_hour",
+                        "eta_h",
+                        "best",
+                        "avg100",
+                    )
+                },
+            )
+
+    # ------------------------------------------------------------------ level and status
+
+    def _sync_level(self, reason: str) -> None:
+        if self.stopping:
+            return
+        want = self.level_source.current_level()
+        if want != self.manager.level:
+            self.store.record_decision(self.clock.now(), "level", reason, None,
+                                       self.manager.level, want)  # fmt: skip
+            self.manager.change_level(want, reason)
+
+    def status_line(self) -> str:
+        c = self.manager.counts()
+        running = c["RUNNING"] + c["STARTING"]
+        return (f"{self.manager.level} · {running} running · {c['QUEUED']} queued · "
+                f"{c['FATAL']} fatal")  # fmt: skip
+
+    def _notify_status(self) -> None:
+        line = self.status_line()
+        if self.stopping:
+            line = f"stopping · {line}"
+        if line != self._status_line:
+            self._status_line = line
+            self.notifier.status(line)
+
+    def game_rows(self) -> list[dict[str, Any]]:
+        now, mono = self.clock.now(), self.clock.monotonic()
+        rows = []
+        for g in self.manager.games.values():
+            p = g.progress
+            episodes = int(p.get("episodes") or 0)
+            rate = p.get("episodes_per_hour") or 0.0
+            left = max(0, g.target - episodes)
+            eta_h = left / rate if rate and g.state is State.RUNNING else None
+            ckpt = p.get("last_checkpoint_time")
+            rows.append({
+                "game": g.name, "state": g.state.value,
+                "pid": g.proc.pid if g.proc is not None else None,
+                "uptime_s": mono - g.started_mono if g.started_mono is not None else None,
+                "episodes": episodes, "target": g.target, "eps_per_hour": rate,
+                "eta_h": eta_h, "best": p.get("best_return"), "avg100": p.get("avg100"),
+                "checkpoint_age_s": now - ckpt if ckpt else None, "reason": g.reason,
+            })  # fmt: skip
+        return rows
+
+    # ------------------------------------------------------------------ commands
+
+    def _names(self, args: dict[str, Any]) -> list[str]:
+        names = args.get("games")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise CommandError("bad_request", 'args.games must be a list of game names or ["all"]')
+        unknown = self.manager.unknown(names)
+        if unknown:
+            raise CommandError("unknown_game", f"unknown game {', '.join(unknown)}; known: "
+                               f"{', '.join(self.manager.games)}")  # fmt: skip
+        return names
+
+    def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock.now()
+        rows = self.game_rows()
+        wanted = args.get("games")
+        if wanted:
+            unknown = self.manager.unknown(wanted)
+            if unknown:
+                raise CommandError("unknown_game", f"unknown game {', '.join(unknown)}")
+            rows = [r for r in rows if r["game"] in wanted]
+        auto = getattr(self.level_source, "status", None)
+        auto_status = auto(now) if auto is not None else {}
+        etas = [r["eta_h"] for r in rows if r["eta_h"] is not None]
+        cost = self.profile.gpu_cost_per_hour
+        return {
+            "level": self.manager.level,
+            "level_state": auto_status.get("state", self.manager.level),
+            "level_entered_at": auto_status.get("entered_at", self.started_at),
+            "pinned": auto_status.get("pinned"),
+            "autoscaler": auto_status,
+            "boots_last_hour": len(self.store.boots_since(now - 3600)),
+            "next_decision_at": self.next_run("stability"),
+            "gpu": gpu_summary(self.last_gpu) if self.gpu is not None else "no GPU",
+            "gpu_cost_per_hour": cost,
+            "cost_to_finish": max(etas) * cost if etas and cost is not None else None,
+            "daemon": {"pid": os.getpid(), "started_at": self.started_at,
+                       "stopping": self.stopping, "profile": self.profile.path},
+            "summary": self.status_line(),
+            "counts": self.manager.counts(),
+            "games": rows,
+        }  # fmt: skip
+
+    def cmd_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"games": self.manager.start(self._names(args))}
+
+    def cmd_stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"games": self.manager.stop(self._names(args))}
+
+    def cmd_restart(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"games": self.manager.restart(self._names(args))}
+
+    def cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            profile = load_profile(self.profile.path)
+        except ProfileError as e:
+            log.error("reload rejected; the running profile stays", error=str(e))
+            raise CommandError("bad_profile", str(e)) from None
+        changes = self.manager.set_profile(profile)
+        self.profile = profile
+        for hook in self.on_reload:
+            hook(profile)
+        self.store.record_decision(
+            self.clock.now(), "operator", "reload: " + ("; ".join(changes) or "no game changes")
+        )
+        return {"profile": profile.path, "changes": changes}
+
+    def cmd_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.begin_shutdown("operator shutdown")
+        return {"stopping": True}
+
+    # ------------------------------------------------------------------ shutdown
+
+    def begin_shutdown(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        n = self.manager.shutdown(reason)
+        log.info("shutting down: graceful stop of every trainer in parallel", reason=reason,
+                 trainers=n, stop_grace=self.profile.stop_grace)  # fmt: skip
+        self.store.record_decision(self.clock.now(), "daemon", f"shutdown: {reason}")
+        self.notifier.stopping(f"stopping · {n} trainers checkpointing")
+        # SIGKILL after stop_grace, then reaping: ask systemd for that much time.
+        self.notifier.extend_timeout(self.profile.stop_grace + 15)
+
+    def _finish_shutdown(self) -> None:
+        if self.daemon_run_id is not None:
+            self.store.daemon_stopped(self.daemon_run_id, self.clock.now(), clean=True)
+        log.info("all trainers stopped; daemon exits")
+        self.stopped = True
+
+
+def run_in_thread(sup: Supervisor) -> threading.Thread:
+    """Run the loop in a thread (tests and embedding)."""
+    t = threading.Thread(target=sup.run, name="supervisor", daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,97 @@
+"""A simulated box for the autoscaler: fake clock, fake boot-id file, real SQLite store.
+
+``Box.restart_daemon`` builds a fresh ``Autoscaler`` on the same database, the way the daemon
+does at start (record the boot, restore, check), so every test also exercises persistence.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from daemon.autoscaler import Autoscaler, Decision
+from daemon.clock import FakeClock
+from daemon.config import AutoscalerPolicy
+from daemon.store import Store
+
+MIN = 60.0
+HOUR = 3600.0
+T0 = 1_700_000_000.0
+
+
+def policy(**overrides: Any) -> AutoscalerPolicy:
+    if "ladder" in overrides:
+        overrides["ladder"] = tuple(overrides["ladder"])
+    return AutoscalerPolicy(**overrides)
+
+
+class Box:
+    def __init__(self, tmp_path: Path, pol: AutoscalerPolicy) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.policy = pol
+        self.clock = FakeClock(T0)
+        self.boot_file = tmp_path / "boot_id"
+        self.boot_file.write_text(f"{uuid.uuid4()}\n")
+        self.db = tmp_path / "atari.db"
+        self.store = Store.open(self.db)
+        self.decisions: list[Decision] = []
+        self.scaler = self._start()
+
+    def _start(self) -> Autoscaler:
+        scaler = Autoscaler(self.policy, self.store, self.clock, boot_id_path=self.boot_file)
+        scaler.record_boot()
+        scaler.restore()
+        return scaler
+
+    @property
+    def state(self) -> str:
+        return self.scaler.state
+
+    def check(self) -> Decision | None:
+        decision = self.scaler.check()
+        if decision is not None:
+            self.decisions.append(decision)
+        return decision
+
+    def restart_daemon(self) -> Decision | None:
+        """Same boot, new daemon process: a new Autoscaler on the same file, then one check."""
+        self.scaler = self._start()
+        return self.check()
+
+    def reboot(self) -> Decision | None:
+        self.boot_file.write_text(f"{uuid.uuid4()}\n")
+        return self.restart_daemon()
+
+    def crash(
+        self,
+        game: str = "Pong",
+        reason: str | None = "crashed: exit 1",
+        code: int | None = 1,
+        sig: str | None = None,
+    ) -> None:
+        """A trainer run ending now, worded the way the process manager words it."""
+        now = self.clock.now()
+        run = self.store.run_started(
+            game,
+            4242,
+            now - 5,
+            level=self.scaler.current_level(),
+            num_envs=1,
+            batch_size=1,
+            proc_start_time=None,
+        )
+        self.store.run_ended(run, now, exit_code=code, signal=sig, reason=reason)  # type: ignore[arg-type]
+
+    def elapse(self, seconds: float, every: float = 5 * MIN) -> list[Decision]:
+        """Let time pass with a stability check every ``every`` seconds (the scheduler's job)."""
+        made = []
+        left = seconds
+        while left > 0:
+            step = min(every, left)
+            self.clock.advance(step)
+            left -= step
+            decision = self.check()
+            if decision is not None:
+                made.append(decision)
+        return made

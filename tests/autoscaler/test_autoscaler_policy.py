@@ -1,0 +1,130 @@
+"""The guards and ladder helpers as pure functions: plain numbers in, booleans and reasons out."""
+
+from __future__ import annotations
+
+import pytest
+from autoscaler_box import HOUR, MIN, policy
+
+from daemon.autoscaler import policy as g
+from daemon.autoscaler.policy import Facts
+from daemon.autoscaler.states import FALLBACK, level_of, next_rung, state_names, validate_ladder
+from daemon.config import CrashStorm
+
+P = policy()
+
+
+def test_promotion_needs_a_full_stable_window() -> None:
+    facts = Facts("light", entered_at=0.0)
+    assert not g.has_been_stable(facts, P, 59 * MIN)
+    assert g.has_been_stable(facts, P, 60 * MIN)
+
+
+def test_a_reboot_restarts_the_stability_clock() -> None:
+    facts = Facts("light", entered_at=0.0, reboots=(30 * MIN,))
+    assert g.stable_since(facts, P, 60 * MIN) == 30 * MIN
+    assert not g.has_been_stable(facts, P, 89 * MIN)
+    assert g.has_been_stable(facts, P, 90 * MIN)
+
+
+def test_more_than_max_reboots_in_the_window_is_unstable() -> None:
+    three = Facts("medium", 0.0, reboots=(10 * MIN, 20 * MIN, 30 * MIN))
+    four = Facts("medium", 0.0, reboots=(10 * MIN, 20 * MIN, 30 * MIN, 40 * MIN))
+    assert not g.is_unstable(three, P, 45 * MIN)
+    assert g.is_unstable(four, P, 45 * MIN)
+    # The oldest reboot leaves the 60-minute window: three left, stable enough again.
+    assert not g.is_unstable(four, P, 70 * MIN + 1)
+
+
+def test_reboots_before_entering_the_state_do_not_count_against_it() -> None:
+    facts = Facts("light", entered_at=35 * MIN, reboots=(10 * MIN, 20 * MIN, 30 * MIN, 40 * MIN))
+    assert g.recent_reboots(facts, P, 45 * MIN) == [40 * MIN]
+    assert not g.is_unstable(facts, P, 45 * MIN)
+
+
+def test_crash_storm_counts_crashes_in_its_own_window() -> None:
+    pol = policy(crash_storm=CrashStorm(crashes=3, window=10 * MIN))
+    two = Facts("medium", 0.0, crashes=(60.0, 120.0))
+    three = Facts("medium", 0.0, crashes=(60.0, 120.0, 180.0))
+    spread = Facts("medium", 0.0, crashes=(60.0, 20 * MIN, 40 * MIN))
+    assert not g.has_crash_storm(two, pol, 200.0)
+    assert g.has_crash_storm(three, pol, 200.0)
+    assert not g.has_crash_storm(spread, pol, 41 * MIN)
+    assert g.last_crash_storm_at(three, pol, 30 * MIN) == 180.0
+    assert g.last_crash_storm_at(spread, pol, 41 * MIN) is None
+    assert g.stable_since(three, pol, 30 * MIN) == 180.0
+    assert g.reason_fall_back(three, pol, 200.0) == (
+        "fallback: 3 trainer crashes in 10 min >= crash_storm.crashes=3"
+    )
+
+
+def test_fallback_reason_names_the_setting() -> None:
+    facts = Facts("medium", 0.0, reboots=(10 * MIN, 20 * MIN, 30 * MIN, 40 * MIN))
+    assert g.reason_fall_back(facts, P, 45 * MIN) == (
+        "fallback: 4 reboots in 60 min > max_reboots=3"
+    )
+
+
+def test_cooldown_counts_stable_time_in_fallback() -> None:
+    facts = Facts(FALLBACK, entered_at=0.0, cooldown_s=2 * HOUR)
+    assert not g.has_cooldown_elapsed(facts, P, 2 * HOUR - 1)
+    assert g.has_cooldown_elapsed(facts, P, 2 * HOUR)
+    rebooted = Facts(FALLBACK, entered_at=0.0, cooldown_s=2 * HOUR, reboots=(HOUR,))
+    assert not g.has_cooldown_elapsed(rebooted, P, 2 * HOUR)
+    assert g.has_cooldown_elapsed(rebooted, P, 3 * HOUR)
+    assert not g.has_cooldown_elapsed(Facts("light", 0.0, cooldown_s=1.0), P, 3 * HOUR)
+
+
+def test_cooldown_doubles_per_failed_promotion_up_to_the_cap() -> None:
+    seen = []
+    failed = 0
+    for _ in range(6):
+        cooldown, failed = g.next_cooldown(Facts("medium", 0.0, failed_promotions=failed), P)
+        seen.append(cooldown / HOUR)
+    assert seen == [2, 4, 8, 16, 16, 16]
+    assert failed == 6
+
+
+def test_cooldown_reset_needs_a_long_stable_run_on_a_rung() -> None:
+    facts = Facts("medium", entered_at=0.0, failed_promotions=2)
+    assert not g.is_due_for_cooldown_reset(facts, P, 24 * HOUR - 1)
+    assert g.is_due_for_cooldown_reset(facts, P, 24 * HOUR)
+    assert not g.is_due_for_cooldown_reset(Facts("medium", 0.0), P, 48 * HOUR)
+    in_fallback = Facts(FALLBACK, 0.0, failed_promotions=2)
+    assert not g.is_due_for_cooldown_reset(in_fallback, P, 48 * HOUR)
+
+
+def test_next_review_time_for_status() -> None:
+    assert g.next_review_at(Facts("light", 100.0), P, 200.0) == 100.0 + HOUR
+    assert g.next_review_at(Facts(FALLBACK, 100.0, cooldown_s=50.0), P, 120.0) == 150.0
+    assert g.next_review_at(Facts("light", 100.0, pinned="light"), P, 120.0) is None
+
+
+def test_ladder_helpers() -> None:
+    assert state_names(["light", "medium", "heavy"]) == ("light", "medium", "heavy", FALLBACK)
+    assert next_rung(("light", "medium"), "light") == "medium"
+    assert next_rung(("light", "medium"), "medium") is None
+    assert next_rung(("light", "medium"), FALLBACK) is None
+    assert level_of(FALLBACK, "light") == "light"
+    assert level_of("medium", "light") == "medium"
+
+
+@pytest.mark.parametrize(
+    ("ladder", "message"),
+    [
+        ([], "empty ladder"),
+        (["light", "fallback"], "'fallback' is the autoscaler's own state"),
+        (["light", "light"], "repeats a level"),
+    ],
+)
+def test_bad_ladders_are_refused_with_one_line(ladder: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        validate_ladder(ladder)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("autoscaler.ladder:")
+
+
+def test_durations_in_reasons() -> None:
+    assert g.fmt_duration(3600) == "60 min"
+    assert g.fmt_duration(7200) == "2 h"
+    assert g.fmt_duration(90) == "1.5 min"
+    assert g.fmt_duration(5) == "5 s"

@@ -1,0 +1,247 @@
+"""atarictl without a daemon: read-only status/history/level/models, tail, paths, doctor."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import atarictl
+
+from daemon.ctl import formatting as fmt
+from daemon.ctl.logs import follow, last_lines
+from daemon.ctl.offline import history, models, offline_status
+from daemon.ctl.paths import resolve
+
+
+def test_status_reads_the_database_when_the_daemon_is_down(state: Path) -> None:
+    out = atarictl("--state-dir", str(state), "status")
+    assert out.returncode == 3, out.stderr  # LSB: program is not running
+    assert "daemon DOWN" in out.stdout and "read-only view" in out.stdout
+    assert "level light" in out.stdout
+    assert "boots in last hour: 1" in out.stdout
+    pong = next(line for line in out.stdout.splitlines() if line.startswith("Pong "))
+    assert pong.split()[:5] == ["Pong", "STOPPED", "-", "-", "3/5"]
+
+
+def test_status_json_offline_and_game_filter(state: Path) -> None:
+    out = atarictl("--state-dir", str(state), "status", "--json", "CartPole-v1")
+    data = json.loads(out.stdout)
+    assert data["source"] == "database"
+    assert data["daemon"]["running"] is False and data["daemon"]["clean_shutdown"] is True
+    assert [g["game"] for g in data["games"]] == ["CartPole-v1"]
+    assert data["games"][0]["episodes"] == 300 and data["games"][0]["state"] == "DONE"
+
+
+def test_unknown_game_is_one_line_and_exit_5(state: Path) -> None:
+    out = atarictl("--state-dir", str(state), "status", "Pongg")
+    assert out.returncode == 5
+    assert out.stderr.count("\n") == 1
+    assert "unknown game 'Pongg'" in out.stderr and "CartPole-v1, Pong" in out.stderr
+
+
+def test_no_daemon_and_no_database(tmp_path: Path) -> None:
+    out = atarictl("--state-dir", str(tmp_path / "empty"), "status")
+    assert out.returncode == 3
+    assert "daemon not reachable" in out.stderr and "no database" in out.stderr
+    out = atarictl("--state-dir", str(tmp_path / "empty"), "reload")
+    assert out.returncode == 3 and "daemon not reachable" in out.stderr
+
+
+def test_offline_reads_never_write(state: Path) -> None:
+    db = state / "atari.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    offline_status(db, 0.0)
+    history(db, 0.0, ("boots", "runs", "decisions"))
+    # SQLite may create the empty -shm/-wal sidecars a WAL reader needs; the database is intact.
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        conn.execute("DELETE FROM games")
+
+
+def test_history_kinds_and_since(state: Path) -> None:
+    out = atarictl("--state-dir", str(state), "history", "--json")
+    events = json.loads(out.stdout)["events"]
+    assert [e["kind"] for e in events] == ["boot", "boot", "run", "level", "process"]
+    assert events[0]["reason"] == "first boot seen"
+    assert events[1]["reason"] == "after b00tid-1, down 42s, unclean shutdown"
+    assert events[2]["what"] == "pid 4242 light envs=4 batch=32: exit 1"
+    out = atarictl("--state-dir", str(state), "history", "--kind", "levels", "--since", "3h")
+    lines = out.stdout.splitlines()
+    assert "daemon DOWN" in lines[0]
+    assert len(lines) == 3 and "light -> medium" in lines[2] and "stable for 10m" in lines[2]
+    out = atarictl("--state-dir", str(state), "history", "--since", "soon")
+    assert out.returncode == 2 and "not a duration" in out.stderr
+
+
+def test_models_registry_and_run_dir_fallback(state: Path) -> None:
+    rows = models(state / "atari.db", state / "runs")
+    kinds = {(r["game"], r["kind"]): r for r in rows}
+    assert set(kinds) == {
+        ("CartPole-v1", "best"),
+        ("CartPole-v1", "latest"),
+        ("Pong", "best"),
+        ("Pong", "latest"),
+    }
+    assert kinds[("Pong", "best")]["source"] == "registry"
+    assert kinds[("Pong", "best")]["episode"] == 3
+    assert kinds[("Pong", "latest")]["path"].endswith("ckpt-000000002.pt")
+    out = atarictl("--state-dir", str(state), "models")
+    assert out.returncode == 0 and out.stdout.splitlines()[0].split()[:3] == [
+        "GAME",
+        "KIND",
+        "EPISODE",
+    ]
+
+
+def test_level_offline(state: Path) -> None:
+    out = atarictl("--state-dir", str(state), "level", "--json")
+    assert out.returncode == 3
+    assert json.loads(out.stdout)["level"] == "light"
+
+
+def test_tail_last_lines_and_unknown_game(state: Path) -> None:
+    logs = state / "logs"
+    logs.mkdir()
+    (logs / "Pong.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    out = atarictl("--state-dir", str(state), "tail", "-n", "3", "Pong")
+    assert out.stdout == "line 97\nline 98\nline 99\n"
+    out = atarictl("--state-dir", str(state), "tail", "Breakout")
+    assert out.returncode == 5 and "known games: CartPole-v1, Pong" in out.stderr
+    out = atarictl("--state-dir", str(state), "tail", "../atari.db")
+    assert out.returncode == 5
+
+
+def test_follow_survives_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "Pong.log"
+    log.write_text("old 1\nold 2\n")
+    lines, offset = last_lines(log, 1)
+    assert lines == ["old 2\n"]
+    buf = io.StringIO()
+    stop = threading.Event()
+    t = threading.Thread(
+        target=follow, args=(log, offset, buf), kwargs={"poll": 0.01, "should_stop": stop.is_set}
+    )
+    t.start()
+    try:
+        with open(log, "a") as f:
+            f.write("new 1\npart")
+        _wait_for(lambda: "new 1\n" in buf.getvalue())
+        os.rename(log, tmp_path / "Pong.log.1")
+        log.write_text("rotated 1\n")
+        _wait_for(lambda: "rotated 1\n" in buf.getvalue())
+    finally:
+        stop.set()
+        t.join(5)
+    assert buf.getvalue() == "new 1\nrotated 1\n"
+
+
+def _wait_for(cond, limit: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def test_paths_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "rt"))
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "st"))
+    p = resolve()
+    assert p.socket == tmp_path / "rt" / "atarictl.sock"
+    assert p.db == tmp_path / "st" / "atari.db"
+    # An explicit --state-dir means that daemon: its own run/ and logs/ dirs.
+    p = resolve(state_dir=tmp_path / "x")
+    assert p.socket == tmp_path / "x" / "run" / "atarictl.sock"
+    assert p.logs_dir == tmp_path / "x" / "logs"
+    assert resolve(socket=tmp_path / "s.sock").socket == tmp_path / "s.sock"
+
+
+def test_status_formatting_from_a_recorded_daemon_reply() -> None:
+    now = 1_800_000_000.0
+    raw = {
+        "level": "medium",
+        "level_entered_at": now - 3700,
+        "pinned": "medium",
+        "boots_last_hour": 2,
+        "next_decision": "promote check",
+        "next_decision_at": now + 600,
+        "gpu": {
+            "name": "H100",
+            "util_pct": 87,
+            "mem_used_bytes": 40 * 2**30,
+            "mem_total_bytes": 80 * 2**30,
+            "temp_c": 61,
+        },
+        "gpu_cost_per_hour": 2.5,
+        "slots": 1,
+        "games": [
+            {
+                "name": "Pong",
+                "state": "RUNNING",
+                "pid": 12,
+                "uptime": 65,
+                "episodes": 100,
+                "target": 300,
+                "episodes_per_hour": 100.0,
+                "best_return": 3.5,
+                "avg100": 1.25,
+                "last_checkpoint_time": now - 30,
+            },
+            {
+                "name": "Breakout",
+                "state": "QUEUED",
+                "pid": None,
+                "episodes": 0,
+                "target": 100,
+                "episodes_per_hour": 50.0,
+            },
+        ],
+    }
+    st = fmt.normalize_status(raw, now=now, source="daemon")
+    assert st["games"][0]["eta_s"] == pytest.approx(2 * 3600)
+    assert st["total_eta_s"] == pytest.approx(4 * 3600)  # one slot: 2h + 2h in sequence
+    assert st["projected_cost"] == pytest.approx(10.0)
+    text = fmt.format_status(st)
+    assert "level medium for 1h01m · pinned (medium) · boots in last hour: 2" in text
+    assert "next decision: promote check in 10m00s" in text
+    assert "H100 87% util, 40.0/80.0 GiB, 61°C" in text
+    assert text.rstrip().endswith("total ETA 4h00m · projected cost $10.00 at $2.5/h")
+    rows = [line for line in text.splitlines() if line.startswith(("Pong", "Breakout"))]
+    # Aligned: every column starts at the same offset on every line.
+    assert rows[0].index("100/300") == rows[1].index("0/100")
+    assert json.loads(json.dumps(st)) == st
+    no_gpu = fmt.format_status(
+        fmt.normalize_status(
+            {"gpu": {"gpu": "no GPU", "reason": "NVMLError"}}, now=now, source="daemon"
+        )
+    )
+    assert "gpu: no GPU" in no_gpu
+
+
+@pytest.mark.parametrize(
+    "seconds,text", [(5, "5s"), (125, "2m05s"), (7260, "2h01m"), (90000, "1d01h"), (None, "-")]
+)
+def test_duration_format(seconds: float | None, text: str) -> None:
+    assert fmt.duration(seconds) == text
+
+
+def test_doctor_fails_on_a_bad_profile_and_passes_on_cpu_tiny(tmp_path: Path) -> None:
+    bad = Path(__file__).parents[1] / "fixtures" / "profiles" / "unknown-level.yaml"
+    out = atarictl("--state-dir", str(tmp_path / "st"), "doctor", "--profile", str(bad))
+    assert out.returncode == 1
+    line = next(x for x in out.stdout.splitlines() if x.startswith("FAIL") and "profile" in x)
+    assert "unknown-level.yaml:" in line and "fix:" in line
+    out = atarictl("--state-dir", str(tmp_path / "st"), "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert out.returncode == 0, out.stdout
+    assert checks["envpool"]["status"] == "OK" and "made" in checks["envpool"]["detail"]
+    assert checks["profile"]["status"] == "OK"
+    assert set(checks) >= {"python", "torch", "nvml", "ram", "disk", "state-dir", "runtime-dir"}

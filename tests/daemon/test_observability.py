@@ -1,0 +1,155 @@
+"""Logging format, telemetry (fake NVML boundary and the real call path), scheduler jobs."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import structlog
+
+from daemon.checks import STALL_ENV, Checks, _stall_while_file_exists
+from daemon.config import Checks as Intervals
+from daemon.logging import configure_logging
+from daemon.supervisor import Check
+from daemon.telemetry import GpuProbe, ProcessProbe, gpu_summary, host_sample
+
+
+def test_journal_lines_carry_syslog_priorities_and_fields() -> None:
+    buf = io.StringIO()
+    configure_logging(buf, tty=False, level="debug")
+    log = structlog.get_logger("t")
+    log.error("boom", game="Pong")
+    log.warning("careful", reason="two words")
+    log.info("fine", n=3)
+    log.debug("detail")
+    try:
+        raise RuntimeError("x")
+    except RuntimeError:
+        log.exception("caught")
+    lines = buf.getvalue().splitlines()
+    assert lines[:4] == ["<3>boom game=Pong", '<4>careful reason="two words"', "<6>fine n=3",
+                         "<7>detail"]  # fmt: skip
+    assert lines[4].startswith("<3>caught exception=") and len(lines) == 5  # one line
+    configure_logging(io.StringIO(), tty=False)
+
+
+def test_terminal_lines_are_readable_without_prefix() -> None:
+    buf = io.StringIO()
+    configure_logging(buf, tty=True)
+    structlog.get_logger("t").info("hello", game="Pong")
+    out = buf.getvalue()
+    assert "hello" in out and "Pong" in out and not out.startswith("<")
+    configure_logging(io.StringIO(), tty=False)
+
+
+class FakeNvml:
+    """The NVML boundary: a driver with one GPU, or none."""
+
+    class NVMLError(Exception):
+        pass
+
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, present: bool) -> None:
+        self.present = present
+
+    def nvmlInit(self) -> None:
+        if not self.present:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:
+        return "h"
+
+    def nvmlDeviceGetName(self, h: str) -> bytes:
+        return b"H100"
+
+    def nvmlDeviceGetMemoryInfo(self, h: str) -> SimpleNamespace:
+        return SimpleNamespace(used=2 * 2**30, total=80 * 2**30)
+
+    def nvmlDeviceGetUtilizationRates(self, h: str) -> SimpleNamespace:
+        return SimpleNamespace(gpu=87)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(pid=42, usedGpuMemory=2**30)]
+
+    def nvmlDeviceGetTemperature(self, h: str, kind: int) -> int:
+        return 61
+
+    def nvmlDeviceGetPowerUsage(self, h: str) -> int:
+        return 250_000
+
+
+def test_gpu_sample_with_a_gpu() -> None:
+    sample = GpuProbe(FakeNvml(present=True)).sample()
+    gpu = sample["gpus"][0]
+    assert sample["gpu"] == "ok" and gpu["util_pct"] == 87 and gpu["power_w"] == 250.0
+    assert gpu["processes"] == {"42": 1024.0}
+    assert gpu_summary(sample) == "H100 87% 2048/81920 MiB 61C 250W"
+
+
+def test_gpu_sample_degrades_to_no_gpu() -> None:
+    sample = GpuProbe(FakeNvml(present=False)).sample()
+    assert sample == {"gpu": "no GPU", "reason": "NVMLError: Driver Not Loaded"}
+    assert gpu_summary(sample) == "no GPU"
+
+
+def test_real_nvml_call_path() -> None:
+    torch = pytest.importorskip("torch")
+    sample = GpuProbe().sample()  # the real pynvml module
+    if torch.cuda.is_available():
+        assert sample["gpu"] == "ok" and sample["gpus"]
+    else:
+        assert sample["gpu"] == "no GPU" and "NVMLError" in sample["reason"]
+
+
+def test_host_and_process_samples() -> None:
+    host = host_sample()
+    assert 0 < host["mem_used_mb"] < host["mem_total_mb"]
+    probe = ProcessProbe()
+    probe.sample([])
+    sample = probe.sample([])
+    assert len(sample) == 1 and next(iter(sample.values()))["rss_mb"] > 1
+
+
+def test_jobs_only_post_and_an_error_does_not_stop_the_scheduler() -> None:
+    posted: list[object] = []
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def post(event: object) -> None:
+        with lock:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("first post fails")
+            posted.append(event)
+
+    checks = Checks(Intervals(health=0.05, stability=3600, telemetry=3600, report=3600), post)
+    checks.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(posted) < 2:
+            time.sleep(0.05)
+    finally:
+        checks.shutdown()
+    assert posted[:2] == [Check("health"), Check("health")]
+    assert checks.next_run("stability") is None or checks.next_run("stability") > 0
+
+
+def test_stall_switch_blocks_until_the_file_is_removed(tmp_path: Path, monkeypatch) -> None:
+    stall = tmp_path / "stall"
+    stall.touch()
+    monkeypatch.setenv(STALL_ENV, str(stall))
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (_stall_while_file_exists(), done.set()))
+    t.start()
+    assert not done.wait(1.2)  # still blocked over two 0.5 s steps
+    stall.unlink()
+    assert done.wait(30)
+    t.join()

@@ -1,0 +1,295 @@
+"""Process-manager decisions with a fake clock and a fake OS seam (no sleeps, no processes).
+
+The real seam (spawn, signals, wait) is exercised by tests/daemon/test_integration.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from daemon.clock import FakeClock
+from daemon.config import Profile, load_profile
+from daemon.process import Proc, ProcessManager, State
+from daemon.store import Store
+
+PROFILE = """\
+games:
+  CartPole-v1: 20
+  Pong: 50
+  Breakout: 30
+levels:
+  light: {games: 2, num_envs: 4, batch_size: 32, buffer_gb: 0.05}
+  medium: {games: 3, num_envs: 8, batch_size: 64, buffer_gb: 0.05}
+start_level: light
+autoscaler: {ladder: [light, medium]}
+startsecs: 5s
+stop_grace: 30s
+frozen_after: 100s
+backoff: {initial: 10s, factor: 2, max: 40s, reset_after: 600s, storm_crashes: 3,
+          storm_window: 600s}
+"""
+
+
+class FakeOs:
+    def __init__(self) -> None:
+        self.next_pid = 1000
+        self.exits: dict[int, int | None] = {}
+        self.signals: list[tuple[int, signal.Signals]] = []
+        self.argv: dict[int, list[str]] = {}
+
+    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc:
+        self.next_pid += 1
+        self.exits[self.next_pid] = None
+        self.argv[self.next_pid] = argv
+        return Proc(self.next_pid, None)
+
+    def poll(self, proc: Proc) -> int | None:
+        return self.exits[proc.pid]
+
+    def signal_group(self, proc: Proc, sig: signal.Signals) -> None:
+        self.signals.append((proc.pid, sig))
+
+    def wait(self, proc: Proc, timeout: float) -> int | None:
+        return self.exits[proc.pid]
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Profile:
+    path = tmp_path / "p.yaml"
+    path.write_text(PROFILE)
+    return load_profile(path)
+
+
+@pytest.fixture
+def env(tmp_path: Path, profile: Profile) -> tuple[ProcessManager, FakeOs, FakeClock, Store]:
+    clock, fake = FakeClock(), FakeOs()
+    store = Store.open(tmp_path / "atari.db")
+    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs", "light")
+    mgr.restore()
+    return mgr, fake, clock, store
+
+
+def states(mgr: ProcessManager) -> dict[str, str]:
+    return {n: g.state.value for n, g in mgr.games.items()}
+
+
+def pid(mgr: ProcessManager, game: str) -> int:
+    proc = mgr.games[game].proc
+    assert proc is not None
+    return proc.pid
+
+
+def write_progress(mgr: ProcessManager, game: str, **fields: object) -> None:
+    d = mgr.run_dir(game)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "progress.json").write_text(json.dumps(fields))
+
+
+def test_queue_runs_longest_target_first_in_the_level_slots(env) -> None:
+    mgr, fake, clock, _ = env
+    mgr.tick()
+    assert states(mgr) == {"Pong": "STARTING", "Breakout": "STARTING", "CartPole-v1": "QUEUED"}
+    argv = fake.argv[pid(mgr, "Pong")]
+    assert argv[argv.index("--num-envs") + 1] == "4" and "--buffer-gb" in argv
+    clock.advance(4.9)
+    mgr.tick()
+    assert mgr.games["Pong"].state is State.STARTING
+    clock.advance(0.1)
+    mgr.tick()
+    assert mgr.games["Pong"].state is State.RUNNING  # stayed up startsecs
+
+
+def test_crash_backs_off_exponentially_with_a_cap_and_records_the_signal(env) -> None:
+    mgr, fake, clock, store = env
+    mgr.tick()
+    clock.advance(5)
+    mgr.tick()
+    waits = []
+    for _ in range(2):
+        fake.exits[pid(mgr, "Pong")] = -signal.SIGKILL
+        mgr.tick()
+        g = mgr.games["Pong"]
+        assert g.state is State.BACKOFF
+        waits.append(g.retry_at - clock.monotonic())
+        clock.advance(waits[-1] - 0.1)
+        mgr.tick()
+        assert g.state is State.BACKOFF
+        clock.advance(0.1)
+        mgr.tick()
+        assert g.state is State.STARTING
+    assert waits == [10.0, 20.0]
+    run = store.runs("Pong")[0]
+    assert run["signal"] == "SIGKILL" and run["exit_code"] is None
+    assert "killed by SIGKILL" in run["reason"]
+    # The CartPole game did not take Pong's slot while Pong was backing off.
+    assert mgr.games["CartPole-v1"].state is State.QUEUED
+
+
+def test_backoff_is_capped_at_max(env) -> None:
+    mgr, fake, clock, _ = env
+    mgr.policy = dataclasses.replace(mgr.policy, storm_crashes=100)  # no FATAL in this test
+    mgr.tick()
+    waits = []
+    for _ in range(5):
+        fake.exits[pid(mgr, "Pong")] = 1
+        mgr.tick()
+        waits.append(mgr.games["Pong"].retry_at - clock.monotonic())
+        clock.advance(waits[-1])
+        mgr.tick()
+    assert waits == [10.0, 20.0, 40.0, 40.0, 40.0]
+
+
+def test_backoff_resets_after_healthy_running(env) -> None:
+    mgr, fake, clock, _ = env
+    mgr.tick()
+    fake.exits[pid(mgr, "Pong")] = 1
+    mgr.tick()
+    clock.advance(10)
+    mgr.tick()
+    assert mgr.games["Pong"].delay == 20.0
+    clock.advance(600)
+    write_progress(mgr, "Pong", pid=pid(mgr, "Pong"), status="running", updated_at=clock.now())
+    mgr.tick()
+    mgr.health()
+    assert mgr.games["Pong"].state is State.RUNNING
+    assert mgr.games["Pong"].delay is None
+    fake.exits[pid(mgr, "Pong")] = 1
+    mgr.tick()
+    assert mgr.games["Pong"].retry_at - clock.monotonic() == 10.0
+
+
+def test_crash_storm_ends_in_fatal_naming_the_setting_and_start_clears_it(env) -> None:
+    mgr, fake, clock, store = env
+    mgr.tick()
+    for _ in range(3):
+        fake.exits[pid(mgr, "Pong")] = 1
+        mgr.tick()
+        clock.advance(40)
+        mgr.tick()
+    g = mgr.games["Pong"]
+    assert g.state is State.FATAL
+    assert "too many crashes (storm_crashes=3 in storm_window=600s)" in g.reason
+    assert store.games()["Pong"]["state"] == "FATAL"
+    # The slot went to the next game in the queue.
+    assert mgr.games["CartPole-v1"].state in (State.STARTING, State.RUNNING)
+    assert mgr.start(["Pong"]) == {"Pong": "QUEUED"}
+    assert any(d["kind"] == "operator" for d in store.decisions(game="Pong"))
+
+
+def test_crashes_spread_out_do_not_storm(env) -> None:
+    mgr, fake, clock, _ = env
+    mgr.tick()
+    for _ in range(5):
+        fake.exits[pid(mgr, "Pong")] = 1
+        mgr.tick()
+        clock.advance(700)  # longer than storm_window
+        mgr.tick()
+    assert mgr.games["Pong"].state is State.STARTING
+
+
+@pytest.mark.parametrize("code", [2, 3, 4])
+def test_config_error_exit_is_fatal_at_once(env, code: int) -> None:
+    mgr, fake, _, _ = env
+    mgr.tick()
+    fake.exits[pid(mgr, "Pong")] = code
+    mgr.tick()
+    g = mgr.games["Pong"]
+    assert g.state is State.FATAL and f"exit code {code}" in g.reason
+
+
+def test_frozen_heartbeat_means_graceful_restart(env) -> None:
+    mgr, fake, clock, store = env
+    mgr.tick()
+    clock.advance(5)
+    mgr.tick()
+    old = pid(mgr, "Pong")
+    write_progress(mgr, "Pong", pid=old, status="running", episodes=3, updated_at=clock.now())
+    clock.advance(100)
+    mgr.health()
+    assert mgr.games["Pong"].state is State.RUNNING  # exactly frozen_after is not yet frozen
+    clock.advance(1)
+    mgr.health()
+    assert mgr.games["Pong"].state is State.STOPPING
+    assert (old, signal.SIGTERM) in fake.signals
+    fake.exits[old] = 0
+    mgr.tick()
+    assert mgr.games["Pong"].state is State.STARTING and pid(mgr, "Pong") != old
+    assert any(
+        "frozen: heartbeat 101s old (frozen_after=100s)" in d["reason"]
+        for d in store.decisions(game="Pong")
+    )
+
+
+def test_target_reached_is_done_and_the_next_game_starts(env) -> None:
+    mgr, fake, _clock, store = env
+    mgr.tick()
+    write_progress(mgr, "Breakout", pid=pid(mgr, "Breakout"), status="done", episodes=30)
+    fake.exits[pid(mgr, "Breakout")] = 0
+    mgr.tick()
+    assert mgr.games["Breakout"].state is State.DONE
+    assert mgr.games["CartPole-v1"].state is State.STARTING
+    assert store.games()["Breakout"]["episodes"] == 30
+
+
+def test_graceful_stop_is_parallel_then_sigkill_after_stop_grace(env) -> None:
+    mgr, fake, clock, _ = env
+    mgr.tick()
+    pids = {pid(mgr, "Pong"), pid(mgr, "Breakout")}
+    assert mgr.shutdown("daemon shutdown") == 2
+    assert {p for p, s in fake.signals if s is signal.SIGTERM} == pids  # both before any wait
+    clock.advance(29)
+    mgr.tick()
+    assert not [s for _, s in fake.signals if s is signal.SIGKILL]
+    fake.exits[pid(mgr, "Pong")] = 0
+    clock.advance(1)
+    mgr.tick()
+    assert [p for p, s in fake.signals if s is signal.SIGKILL] == [pid(mgr, "Breakout")]
+    fake.exits[pid(mgr, "Breakout")] = -signal.SIGKILL
+    mgr.tick()
+    assert not mgr.any_live()
+    assert states(mgr) == {"Pong": "QUEUED", "Breakout": "QUEUED", "CartPole-v1": "QUEUED"}
+
+
+def test_level_change_restarts_games_with_the_new_settings(env) -> None:
+    mgr, fake, _clock, _ = env
+    mgr.tick()
+    old = pid(mgr, "Pong")
+    mgr.change_level("medium", "stable")
+    mgr.tick()
+    assert mgr.games["CartPole-v1"].state is State.QUEUED  # nothing starts while draining
+    fake.exits[old] = 0
+    fake.exits[pid(mgr, "Breakout")] = 0
+    mgr.tick()
+    assert all(g.state is State.STARTING for g in mgr.games.values())
+    argv = fake.argv[pid(mgr, "Pong")]
+    assert argv[argv.index("--num-envs") + 1] == "8"
+
+
+def test_operator_stop_and_unknown_game(env) -> None:
+    mgr, fake, _, _ = env
+    mgr.tick()
+    assert mgr.unknown(["Pong", "Pongg"]) == ["Pongg"]
+    mgr.stop(["Pong"])
+    fake.exits[pid(mgr, "Pong")] = 0
+    mgr.tick()
+    assert mgr.games["Pong"].state is State.STOPPED
+    assert mgr.games["CartPole-v1"].state is State.STARTING  # the freed slot is used
+
+
+def test_restore_keeps_done_and_stopped_and_requeues_the_rest(tmp_path, profile, env) -> None:
+    mgr, _fake, clock, store = env
+    mgr.tick()
+    mgr.stop(["Breakout"])
+    write_progress(mgr, "Pong", pid=1, status="done", episodes=50)
+    fresh = ProcessManager(
+        profile, store, clock, FakeOs(), tmp_path / "runs", tmp_path / "logs", "light"
+    )
+    fresh.restore()
+    assert fresh.games["Pong"].state is State.DONE
+    assert fresh.games["Breakout"].state is State.QUEUED  # it was still STOPPING, not STOPPED
+    assert fresh.games["CartPole-v1"].state is State.QUEUED

@@ -1,0 +1,130 @@
+"""The SQLite store on real files: pragmas, schema versions, migration, locked and corrupt files."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from daemon.store import Store, StoreError
+from daemon.store import schema as s
+
+
+def test_new_database_has_wal_full_sync_and_version(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "atari.db")
+    assert store.schema_version() == s.SCHEMA_VERSION
+    with store.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+
+
+def test_one_engine_per_process(tmp_path: Path) -> None:
+    a = Store.open(tmp_path / "atari.db")
+    b = Store.open(tmp_path / "atari.db")
+    assert a.engine is b.engine
+
+
+def test_repositories_round_trip(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "atari.db")
+    store.upsert_game("Pong", state="RUNNING", target=3000, episodes=5)
+    store.upsert_game("Pong", episodes=7)
+    assert store.games()["Pong"]["episodes"] == 7
+    assert store.games()["Pong"]["state"] == "RUNNING"
+    rid = store.run_started(
+        "Pong", 1234, 10.0, level="light", num_envs=4, batch_size=32, proc_start_time=9.5
+    )
+    assert [r["id"] for r in store.open_runs()] == [rid]
+    store.run_ended(rid, 20.0, exit_code=None, signal="SIGKILL", reason="killed by SIGKILL")
+    assert store.open_runs() == []
+    assert store.runs("Pong")[0]["signal"] == "SIGKILL"
+    store.record_decision(21.0, "process", "restart after crash", "Pong", "BACKOFF", "STARTING")
+    assert store.decisions(game="Pong")[0]["reason"] == "restart after crash"
+    store.save_level_state(state="light", entered_at=1.0, failed_promotions=0)
+    store.save_level_state(state="medium", entered_at=2.0)
+    assert store.level_state()["state"] == "medium"
+
+
+def test_telemetry_retention_is_bounded(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "atari.db")
+    for t in range(10):
+        store.add_telemetry(float(t), "host", {"cpu": t})
+    assert store.prune_telemetry(older_than=7.0) == 7
+    assert sorted(r["payload"]["cpu"] for r in store.telemetry()) == [7, 8, 9]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "atari.db"
+    Store.open(path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE schema_version SET version = ?", (s.SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this atari-supervisor understands"):
+        Store.open(path)
+
+
+def test_older_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    # A version-1 database: the v1 tables only, with data in them.
+    eng = create_engine(f"sqlite:///{path}")
+    with eng.begin() as conn:
+        for name in s.V1_TABLES:
+            s.metadata.tables[name].create(conn)
+        conn.execute(s.schema_version.insert().values(version=1))
+        conn.execute(s.games.insert().values(name="Pong", state="QUEUED", target=3, episodes=2))
+    eng.dispose()
+    store = Store.open(path)
+    assert store.schema_version() == 2
+    assert store.games()["Pong"]["episodes"] == 2
+    store.upsert_model("Pong", "best", episode=2, return_=1.0, at=1.0, path="best.pt")
+    assert store.models()[0]["path"] == "best.pt"
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "atari.db"
+    path.write_bytes(b"this is not sqlite at all " * 200)
+    with pytest.raises(StoreError) as info:
+        Store.open(path)
+    msg = str(info.value)
+    assert "corrupt" in msg and str(path) in msg and "\n" not in msg
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(StoreError, match="not an atari-supervisor database"):
+        Store.open(path)
+
+
+def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "atari.db"
+    Store.open(path).close()
+    # Another real process holds the write lock.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sqlite3, sys, time
+            db = sqlite3.connect({str(path)!r}, isolation_level=None)
+            db.execute("BEGIN EXCLUSIVE")
+            print("locked", flush=True)
+            sys.stdin.read()
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match="locked by another process"):
+            Store.open(path, busy_timeout_s=0.2)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,156 @@
+"""The supervisor's loop and control commands, with a fake clock and a fake OS seam."""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from daemon.clock import FakeClock
+from daemon.config import load_profile
+from daemon.logging import configure_logging
+from daemon.process import ProcessManager, State
+from daemon.store import Store
+from daemon.supervisor import Check, FixedLevel, Shutdown, Supervisor
+from tests.daemon.test_process_manager import PROFILE, FakeOs
+
+
+class SwitchableLevel:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.checks = 0
+
+    def current_level(self) -> str:
+        return self.name
+
+    def check(self, now: float) -> None:
+        self.checks += 1
+        self.name = "medium"
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> tuple[Supervisor, FakeOs, FakeClock]:
+    path = tmp_path / "p.yaml"
+    path.write_text(PROFILE)
+    profile = load_profile(path)
+    clock, fake = FakeClock(), FakeOs()
+    store = Store.open(tmp_path / "atari.db")
+    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs", "light")
+    mgr.restore()
+    s = Supervisor(profile, store, clock, mgr, FixedLevel("light"))
+    s.loop_once()
+    return s, fake, clock
+
+
+def ask(s: Supervisor, cmd: str, **args: object) -> dict:
+    """A request from another thread, answered by the loop (as the control socket does)."""
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(s.handle_request({"cmd": cmd, "args": args})))
+    t.start()
+    while t.is_alive():
+        s.loop_once(timeout=0.05)
+    return out
+
+
+def test_status_lists_every_game(sup) -> None:
+    s, _, _ = sup
+    reply = ask(s, "status")
+    assert reply["ok"] is True
+    result = reply["result"]
+    assert result["level"] == "light"
+    assert {g["game"]: g["state"] for g in result["games"]} == {
+        "CartPole-v1": "QUEUED", "Pong": "STARTING", "Breakout": "STARTING"}  # fmt: skip
+    assert result["summary"] == "light · 2 running · 1 queued · 0 fatal"
+    assert result["gpu"] == "no GPU"
+
+
+def test_unknown_game_and_bad_requests_get_one_line_errors(sup) -> None:
+    s, _, _ = sup
+    reply = ask(s, "stop", games=["Pongg"])
+    assert reply["ok"] is False and reply["code"] == "unknown_game" and "Pongg" in reply["error"]
+    assert ask(s, "stop")["code"] == "bad_request"
+    assert ask(s, "frobnicate")["code"] == "unknown_command"
+    assert s.handle_request({"cmd": 3})["code"] == "bad_request"
+
+
+def test_stop_and_start_through_requests(sup) -> None:
+    s, fake, _ = sup
+    pong = s.manager.games["Pong"].proc.pid
+    assert ask(s, "stop", games=["Pong"])["result"]["games"] == {"Pong": "STOPPING"}
+    assert (pong, signal.SIGTERM) in fake.signals
+    fake.exits[pong] = 0
+    s.loop_once()
+    assert s.manager.games["Pong"].state is State.STOPPED
+    assert s.manager.games["CartPole-v1"].state is State.STARTING
+    assert ask(s, "start", games=["Pong"])["result"]["games"] == {"Pong": "QUEUED"}
+
+
+def test_registered_command_runs_in_the_loop(sup) -> None:
+    s, _, _ = sup
+    seen: list[str] = []
+    s.register_command("hello", lambda args: {"thread": threading.current_thread().name,
+                                              "echo": args["x"]})  # fmt: skip
+    reply = ask(s, "hello", x=1)
+    seen.append(reply["result"]["thread"])
+    assert reply == {"ok": True, "result": {"thread": threading.main_thread().name, "echo": 1}}
+
+
+def test_reload_with_a_broken_profile_keeps_the_running_one(sup) -> None:
+    s, _, _ = sup
+    before = s.profile
+    Path(s.profile.path).write_text(PROFILE.replace("startsecs: 5s", "startsecs: -5s"))
+    reply = ask(s, "reload")
+    assert reply["ok"] is False and reply["code"] == "bad_profile"
+    assert "startsecs: must be >= 0" in reply["error"]
+    assert s.profile is before
+    Path(s.profile.path).write_text(PROFILE.replace("Breakout: 30", "Breakout: 30\n  Boxing: 10"))
+    reply = ask(s, "reload")
+    assert reply["ok"] is True and reply["result"]["changes"] == ["added Boxing"]
+    assert s.manager.games["Boxing"].state is State.QUEUED
+
+
+def test_stability_check_changes_the_level_with_a_graceful_restart(sup) -> None:
+    s, fake, _ = sup
+    source = SwitchableLevel("light")
+    s.level_source = source
+    old = {n: g.proc.pid for n, g in s.manager.games.items() if g.proc is not None}
+    s.post(Check("stability"))
+    s.loop_once()
+    assert source.checks == 1 and s.manager.level == "medium"
+    assert {p for p, sig in fake.signals if sig is signal.SIGTERM} == set(old.values())
+    for pid in old.values():
+        fake.exits[pid] = 0
+    s.loop_once()
+    assert all(g.state is State.STARTING for g in s.manager.games.values())
+    rows = s.store.decisions()
+    assert any(r["kind"] == "level" and r["to_state"] == "medium" for r in rows)
+
+
+def test_shutdown_waits_for_every_child_and_marks_a_clean_stop(sup, tmp_path: Path) -> None:
+    s, fake, _ = sup
+    run_id = s.store.daemon_started(1, "boot", 0.0)
+    s.daemon_run_id = run_id
+    s.post(Shutdown("test"))
+    s.loop_once()
+    assert s.stopping and not s.stopped
+    for g in s.manager.games.values():
+        if g.proc is not None:
+            fake.exits[g.proc.pid] = 0
+    s.loop_once()
+    assert s.stopped
+    assert s.store.last_daemon_run()["clean_shutdown"] is True
+    assert ask(s, "status")["code"] == "shutting_down"
+
+
+def test_a_failing_event_is_logged_and_the_loop_goes_on(sup) -> None:
+    s, _, _ = sup
+    buf = io.StringIO()
+    configure_logging(buf, tty=False)
+    s.post(object())
+    s.post(Check("nonexistent"))
+    s.loop_once()
+    assert "<3>event handling failed" in buf.getvalue()
+    assert ask(s, "status")["ok"] is True

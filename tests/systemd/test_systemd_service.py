@@ -1,0 +1,152 @@
+"""The real daemon as a systemd service, in a sandbox booted for this module: installed with
+`atarictl install-service`, then started, killed, stalled, stopped and uninstalled, in order.
+The tests share one service on purpose (each start costs a torch import per process); each
+test leaves it running for the next, except the last two."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from atari_service import GAMES, PROFILE, STALL_FILE, UNIT, Service
+from systemd_sandbox import Sandbox, wait_for
+
+pytestmark = [pytest.mark.systemd, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def service(sandbox: Sandbox) -> Iterator[Service]:
+    svc = Service(sandbox)
+    svc.write_dropin()
+    yield svc
+    # Whatever failed, stop the service gracefully before the sandbox is killed.
+    sandbox.systemctl("stop", UNIT, check=False, timeout=200)
+
+
+def _sigkills(service: Service) -> list[str]:
+    """systemd's own lines about SIGKILL/SIGABRT, other than the kill a test asked for."""
+    return [
+        e["MESSAGE"]
+        for e in service.journal_json()
+        if e.get("_PID") == "1"
+        and ("SIGKILL" in e["MESSAGE"] or "SIGABRT" in e["MESSAGE"])
+        and "on client request" not in e["MESSAGE"]
+    ]
+
+
+def test_install_service_starts_it_after_ready(service: Service) -> None:
+    result = service.atarictl("install-service", "--profile", str(PROFILE))
+    assert result.returncode == 0, result.stderr + result.stdout
+    root = service.box.root
+    assert (root / "etc/systemd/system" / UNIT).is_file()
+    assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink()
+    assert (root / "etc/atari-supervisor/profile.yaml").read_text() == PROFILE.read_text()
+    assert service.box.run("getent", "group", "atari-supervisor").stdout.startswith(
+        "atari-supervisor:"
+    )
+    # `enable --now` of a Type=notify unit returns once READY arrived: recovery is done by now.
+    assert service.is_active()
+    boot_rows = service.query("SELECT boot_id FROM boots")
+    assert (service.box.boot_id,) in boot_rows
+    messages = service.journal_json()
+    started = next(i for i, m in enumerate(messages) if m.get("MESSAGE", "").startswith("Started "))
+    # Every daemon line up to READY comes before systemd's "Started": the service was
+    # "activating" during recovery, not "active".
+    assert any(m.get("_PID") != "1" for m in messages[:started])
+    status = service.box.systemctl("status", UNIT, check=False).stdout
+    assert "active (running)" in status
+    assert 'Status: "light · ' in status
+    service.wait_training()
+    wait_for(
+        lambda: "2 running" in service.props("StatusText")["StatusText"],
+        60,
+        "STATUS= never showed the two running games",
+    )
+
+
+def test_journal_has_daemon_lines_and_filters_by_priority(service: Service) -> None:
+    # A trainer killed behind the daemon's back is a crash: the daemon logs it as a warning.
+    before = service.trainers()
+    victim = before["CartPole-v1"][0]
+    service.box.run("kill", "-KILL", str(victim))
+    service.wait_training()
+    entries = service.journal_json()
+    daemon_lines = [e for e in entries if e.get("_PID") != "1"]
+    assert daemon_lines, "no daemon lines in the journal"
+    # journald parsed the <N> prefixes: no message keeps one, and priorities vary.
+    assert not any(e["MESSAGE"].startswith("<") for e in daemon_lines if "MESSAGE" in e)
+    priorities = {int(e["PRIORITY"]) for e in daemon_lines}
+    assert 6 in priorities and 4 in priorities, priorities
+    warnings = service.journal_json("-p", "warning")
+    assert warnings and all(int(e["PRIORITY"]) <= 4 for e in warnings)
+    assert any("CartPole-v1" in e["MESSAGE"] for e in warnings if e.get("_PID") != "1")
+    # Trainer output goes to the per-game files, never to the journal.
+    assert not any("Traceback" in e.get("MESSAGE", "") for e in daemon_lines)
+    for game in GAMES:
+        assert (service.logs_dir / f"{game}.log").is_file()
+
+
+def test_kill_of_the_main_process_restarts_without_duplicates(service: Service) -> None:
+    before = service.wait_training(min_episodes=1)
+    old_pids = {game: p["pid"] for game, p in before.items()}
+    restarts = service.restarts()
+    service.box.systemctl("kill", "--kill-whom=main", "--signal=KILL", UNIT)
+    service.wait_restarted(restarts)
+    after = service.wait_training()
+    for game in GAMES:
+        # One trainer per game (wait_training counted them), a new one, with counters intact.
+        assert after[game]["pid"] != old_pids[game]
+        assert after[game]["episodes"] >= before[game]["episodes"]
+        assert after[game]["env_steps"] >= before[game]["env_steps"]
+    # KillMode=control-group: the orphaned trainers got SIGTERM (a checkpoint), not SIGKILL.
+    assert _sigkills(service) == []
+
+
+def test_watchdog_stall_makes_systemd_restart_it(service: Service) -> None:
+    service.wait_training()
+    restarts = service.restarts()
+    service.box.run("touch", STALL_FILE)
+    try:
+        wait_for(
+            lambda: "Watchdog timeout" in service.journal(),
+            120,
+            "the stalled health job never tripped the watchdog",
+        )
+    finally:
+        # Gone before the restarted daemon's first health job, or it would stall again.
+        service.box.run("rm", "-f", STALL_FILE)
+    service.wait_restarted(restarts)
+    assert service.props("Result")["Result"] in ("success", "watchdog")
+    service.wait_training()
+    assert _sigkills(service) == []
+
+
+def test_stop_waits_for_every_trainer_to_checkpoint(service: Service) -> None:
+    service.wait_training()
+    stop_started = time.time()
+    service.box.systemctl("stop", UNIT, timeout=300)
+    assert service.props("ActiveState")["ActiveState"] == "inactive"
+    assert service.trainers() == {game: [] for game in GAMES}
+    for game in GAMES:
+        progress = service.progress(game)
+        assert progress is not None
+        assert progress["status"] == "stopped", progress
+        # checkpoint_every is an hour: this checkpoint was written by the stop itself.
+        assert progress["last_checkpoint_time"] >= stop_started - 1, progress
+    assert _sigkills(service) == []
+    last_run = service.query("SELECT clean_shutdown FROM daemon_runs ORDER BY id DESC LIMIT 1")
+    assert last_run == [(1,)]
+
+
+def test_uninstall_service_keeps_training_data(service: Service) -> None:
+    result = service.atarictl("uninstall-service")
+    assert result.returncode == 0, result.stderr + result.stdout
+    root = service.box.root
+    assert not (root / "etc/systemd/system" / UNIT).exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants" / UNIT).exists()
+    assert not (root / "etc/atari-supervisor/profile.yaml").exists()
+    assert service.props("LoadState")["LoadState"] == "not-found"
+    assert (service.state_dir / "atari.db").is_file()
+    for game in GAMES:
+        assert (service.state_dir / "runs" / game / "progress.json").is_file()

@@ -1,0 +1,133 @@
+"""The unit file and install-service without booting systemd: rendering, `systemd-analyze
+verify`, the unit's timeouts against the shipped profiles, and the one-line refusals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_profile
+from daemon.ctl.service import TEMPLATE_PYTHON, UNIT_TEMPLATE, ServiceError, render_unit
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+
+
+def _directives(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def _seconds(value: str) -> float:
+    units = {"s": 1, "min": 60, "h": 3600}
+    for suffix, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float(value)
+
+
+UNIT = _directives(UNIT_TEMPLATE.read_text())
+
+
+def test_render_fills_in_the_interpreter_and_user() -> None:
+    text = render_unit(UNIT_TEMPLATE.read_text(), "/srv/venv/bin/python", user="trainer")
+    rendered = _directives(text)
+    assert rendered["ExecStart"] == [
+        "/srv/venv/bin/python -m daemon --profile /etc/atari-supervisor/profile.yaml"
+    ]
+    assert rendered["User"] == ["trainer"]
+    assert TEMPLATE_PYTHON not in text
+    assert "User" not in _directives(render_unit(UNIT_TEMPLATE.read_text(), "/srv/p"))
+
+
+def test_render_refuses_an_interpreter_path_with_spaces() -> None:
+    with pytest.raises(ServiceError, match="contains spaces"):
+        render_unit(UNIT_TEMPLATE.read_text(), "/home/me/my venv/bin/python")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    unit = tmp_path / UNIT_TEMPLATE.name
+    unit.write_text(render_unit(UNIT_TEMPLATE.read_text(), sys.executable))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_notify_watchdog_restart_and_install_settings() -> None:
+    assert UNIT["Type"] == ["notify"]
+    assert UNIT["NotifyAccess"] == ["main"]
+    assert UNIT["Restart"] == ["on-failure"]
+    assert UNIT["KillMode"] == ["control-group"]
+    # The watchdog signal reaches the trainers too; only SIGTERM lets them checkpoint.
+    assert UNIT["WatchdogSignal"] == ["SIGTERM"]
+    assert UNIT["WantedBy"] == ["multi-user.target"]
+    for key in ("StateDirectory", "RuntimeDirectory", "LogsDirectory"):
+        assert UNIT[key] == ["atari-supervisor"]
+    # PrivateDevices hides /dev/nvidia*; a device allow-list would block them too.
+    for key in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock"):
+        assert key not in UNIT, key
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_timeouts_fit_every_shipped_profile(profile: Path) -> None:
+    # The RAM check is about the host a profile runs on, not about this unit.
+    loaded = load_profile(profile, host_memory_bytes=1 << 50)
+    # A stop must outlast the daemon's own grace, or systemd SIGKILLs checkpointing trainers.
+    assert _seconds(UNIT["TimeoutStopSec"][0]) >= loaded.stop_grace + 30
+    # At least three health beats per watchdog period, so one slow beat is not a restart.
+    assert _seconds(UNIT["WatchdogSec"][0]) >= 3 * loaded.checks.health
+
+
+def _run_install(env: dict[str, str], *prefix: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "from daemon.ctl.service import install_service\n"
+        "raise SystemExit(install_service(None, None))"
+    )
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_install_refuses_without_root_in_one_line() -> None:
+    result = _run_install(
+        {"PATH": os.environ["PATH"]},
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "must run as root" in lines[0] and "sudo" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the systemctl check comes after the root check")
+def test_install_refuses_without_systemctl_in_one_line(tmp_path: Path) -> None:
+    result = _run_install({"PATH": str(tmp_path)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "systemctl not found" in lines[0]

@@ -1,0 +1,166 @@
+"""`atari-trainer bench`: env ceiling, learner ceiling and whole-trainer throughput tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.args import Args, UsageError
+from trainer.envs import env_spec, make_envs
+from trainer.network import make_qnetwork
+from trainer.train import learn
+
+FULL = {"envs": [1, 8, 32, 64, 256], "batches": [32, 512, 1024, 2048]}
+FULL_LEVELS = [(32, 512), (64, 1024), (256, 2048)]
+QUICK = {"envs": [1, 8], "batches": [32, 128]}
+QUICK_LEVELS = [(8, 128)]
+
+
+def env_ceiling(game: str, num_envs: int, seconds: float) -> float:
+    args = Args(game=game, episodes=1, run_dir=Path(), num_envs=num_envs)
+    envs = make_envs(args)
+    envs.reset()
+    n_actions = int(envs.action_space.n)
+    rng = np.random.default_rng(0)
+    steps = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        envs.step(rng.integers(0, n_actions, size=num_envs).astype(np.int32))
+        steps += num_envs
+    rate = steps / (time.perf_counter() - t0)
+    envs.close()
+    return rate
+
+
+def learner_ceiling(game: str, batch: int, seconds: float, device: torch.device) -> float:
+    args = Args(game=game, episodes=1, run_dir=Path(), num_envs=1, batch_size=batch)
+    probe = make_envs(args)
+    spec = env_spec(probe)
+    probe.close()
+    q = make_qnetwork(spec, args.hidden).to(device)
+    target = make_qnetwork(spec, args.hidden).to(device)
+    opt = torch.optim.Adam(q.parameters(), lr=args.lr)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 255, size=(batch, *spec.obs_shape)).astype(spec.obs_dtype)
+    data = {
+        "obs": obs,
+        "next_obs": obs[::-1].copy(),
+        "action": rng.integers(0, spec.num_actions, size=batch),
+        "return": rng.random(batch).astype(np.float32),
+        "discount": np.full(batch, 0.97, dtype=np.float32),
+    }
+    learn(args, q, target, opt, data, device)  # warm-up: allocator, kernels
+    n = 0
+    t0 = time.perf_counter()
+    while n < 2 or time.perf_counter() - t0 < seconds:
+        learn(args, q, target, opt, data, device)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def trainer_rate(
+    game: str,
+    num_envs: int,
+    batch: int,
+    ratio: float,
+    seconds: float,
+    device: str,
+    overlap: bool = True,
+) -> float:
+    from trainer.train import main as train_main
+
+    with tempfile.TemporaryDirectory(prefix="atari-bench-") as tmp:
+        args = Args(
+            game=game,
+            episodes=10**9,
+            run_dir=Path(tmp),
+            num_envs=num_envs,
+            batch_size=batch,
+            device=device,
+            replay_ratio=ratio,
+            learning_starts=batch,
+            buffer_gb=0.5,
+            checkpoint_every=10**6,
+            max_seconds=seconds + 3.0,  # plus the short fill phase before learning
+            overlap=overlap,
+        )
+        train_main(args)
+        progress = json.loads((Path(tmp) / "progress.json").read_text())
+    return float(progress["learning_env_steps_per_sec"] or 0.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atari-trainer bench", description=__doc__)
+    p.add_argument("--game", default="Pong")
+    p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter measurements (smoke)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--replay-ratio", type=float, default=8.0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = torch default")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.seconds <= 0:
+        raise SystemExit("atari-trainer bench: error: --seconds must be > 0")
+    logging.getLogger("trainer").setLevel(logging.WARNING)
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    device_name = "cuda" if ns.device == "auto" and torch.cuda.is_available() else ns.device
+    device = torch.device("cpu" if device_name == "auto" else device_name)
+    sizes, levels = (QUICK, QUICK_LEVELS) if ns.quick else (FULL, FULL_LEVELS)
+    seconds = min(ns.seconds, 2.0) if ns.quick else ns.seconds
+    rr = ns.replay_ratio
+    try:
+        env_c = {n: env_ceiling(ns.game, n, seconds) for n in sizes["envs"]}
+        learn_c = {b: learner_ceiling(ns.game, b, seconds, device) for b in sizes["batches"]}
+        all_levels = [(1, 32), *levels]
+        variants = [True] if ns.quick else [True, False]
+        rates = {
+            (*lv, ov): trainer_rate(ns.game, *lv, rr, seconds, str(device), ov)
+            for lv in all_levels
+            for ov in variants
+        }
+    except UsageError as exc:
+        print(exc)
+        return exc.code
+    print(
+        f"# {ns.game}, device {device}, torch threads {torch.get_num_threads()}, "
+        f"replay ratio {rr}, {seconds:g} s per measurement"
+    )
+    print("\n| num_envs | raw envpool steps/s |\n|---:|---:|")
+    for n, r in env_c.items():
+        print(f"| {n} | {r:,.0f} |")
+    print(
+        "\n| batch | learner updates/s | samples/s | env steps/s it can feed |"
+        "\n|---:|---:|---:|---:|"
+    )
+    for b, u in learn_c.items():
+        print(f"| {b} | {u:,.2f} | {u * b:,.0f} | {u * b / rr:,.0f} |")
+    print(
+        "\n| level (envs/batch) | trainer env steps/s | speed-up vs 1/32 | % of raw ceiling "
+        "| serial bound | efficiency |\n|---|---:|---:|---:|---:|---:|"
+    )
+    base = rates[(1, 32, True)]
+    for (n, b, ov), rate in rates.items():
+        ec = env_c.get(n) or env_ceiling(ns.game, n, seconds)
+        lc = (learn_c.get(b) or learner_ceiling(ns.game, b, seconds, device)) * b / rr
+        bound = 1.0 / (1.0 / ec + 1.0 / lc)
+        speed = f"{rate / base:.2f}x" if base > 0 else "n/a"
+        print(
+            f"| {n}/{b}{'' if ov else ' serial'} | {rate:,.0f} | {speed} | {100 * rate / ec:.1f}% "
+            f"| {bound:,.0f} | {rate / bound:.2f} |"
+        )
+    print(
+        "\nserial bound = 1/(1/env ceiling + 1/learner ceiling in env steps/s); `serial` rows "
+        "run with --no-overlap (step, then learn); other rows learn while envpool steps."
+    )
+    return 0
