@@ -141,10 +141,11 @@ def register_level_commands(sup: Supervisor, source: Any, clock: Clock) -> None:
         sup.register_command("level", lambda _a: {"level": source.current_level(),
                                                   "autoscaler": None})  # fmt: skip
         return
-    from daemon.autoscaler.commands import register_commands
+    from daemon.autoscaler.commands import attach
 
-    # H3: replies carry the level status plus the decision's reason as "message" (atarictl).
-    register_commands(sup, source)
+    # H3: level/pin/unpin (replies carry the status and the reason as "message", for atarictl)
+    # and a reload hook so a reloaded profile's autoscaler policy takes effect.
+    attach(sup, source)
 
 
 def start_control(sup: Supervisor, dirs: Dirs, profile: Profile) -> Any:

@@ -581,13 +581,3 @@ def _cross_check(
                 f"{host_gib:.1f} GiB",
                 "lower games, num_envs or buffer_gb",
             )
-
-
-def profile_summary(p: Profile) -> dict[str, Any]:
-    """A JSON-friendly view (for logs and ``status``)."""
-    return {
-        "path": p.path,
-        "games": {g.name: g.target for g in p.games},
-        "levels": [lv.name for lv in p.levels],
-        "start_level": p.start_level,
-    }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -145,7 +144,12 @@ class Supervisor:
     def run(self, wake: float = 1.0) -> int:
         """Until a shutdown has finished; wakes at least every ``wake`` seconds to reap."""
         while not self.stopped:
-            self.loop_once(timeout=0.2 if self.stopping else wake)
+            try:
+                self.loop_once(timeout=0.2 if self.stopping else wake)
+            except Exception:
+                # E.g. the database locked longer than its busy timeout: dying here would
+                # orphan every trainer, so log it and try again on the next wake-up.
+                log.exception("main loop pass failed; retrying")
         return self.exit_code
 
     def loop_once(self, timeout: float | None = 0.0) -> None:
@@ -330,9 +334,12 @@ class Supervisor:
             "level_entered_at": auto_status.get("entered_at", self.started_at),
             "pinned": auto_status.get("pinned"),
             "autoscaler": auto_status,
-            "boots_last_hour": len(self.store.boots_since(now - 3600)),
-            "next_decision_at": self.next_run("stability"),
+            "boots_last_hour": auto_status.get(
+                "reboots_last_hour", len(self.store.boots_since(now - 3600))
+            ),
+            "next_decision_at": auto_status.get("next_decision_at") or self.next_run("stability"),
             "gpu": gpu_summary(self.last_gpu) if self.gpu is not None else "no GPU",
+            "gpu_sample": self.last_gpu,  # structured NVML numbers for atarictl --json
             "gpu_cost_per_hour": cost,
             "cost_to_finish": max(etas) * cost if etas and cost is not None else None,
             "daemon": {"pid": os.getpid(), "started_at": self.started_at,
@@ -389,10 +396,3 @@ class Supervisor:
             self.store.daemon_stopped(self.daemon_run_id, self.clock.now(), clean=True)
         log.info("all trainers stopped; daemon exits")
         self.stopped = True
-
-
-def run_in_thread(sup: Supervisor) -> threading.Thread:
-    """Run the loop in a thread (tests and embedding)."""
-    t = threading.Thread(target=sup.run, name="supervisor", daemon=True)
-    t.start()
-    return t

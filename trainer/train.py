@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import checkpoint
-from trainer.args import EXIT_FAILURE, EXIT_OK, Args
+from trainer.args import EXIT_FAILURE, EXIT_OK, Args, UsageError
 from trainer.envs import EpisodeTracker, env_spec, make_envs
 from trainer.network import make_qnetwork
 from trainer.progress import EpisodeStats, RunFiles
@@ -132,8 +132,15 @@ def main(args: Args, clock: Clock | None = None) -> int:
     target = copy.deepcopy(q)
     opt = torch.optim.Adam(q.parameters(), lr=args.lr, eps=args.adam_eps)
     best_weights: dict[str, torch.Tensor] | None = None
+    last_ckpt_time: float | None = None
     if loaded is not None:
         state, path = loaded
+        if state["config"]["game"] != args.game:
+            raise UsageError(
+                f"atari-trainer: error: --run-dir {args.run_dir} holds checkpoints of "
+                f"{state['config']['game']!r}, not {args.game!r}; use another --run-dir"
+            )
+        last_ckpt_time = state["time"]
         q.load_state_dict(state["q"])
         target.load_state_dict(state["target"])
         opt.load_state_dict(state["optim"])
@@ -159,7 +166,6 @@ def main(args: Args, clock: Clock | None = None) -> int:
     tracker = EpisodeTracker(args.num_envs)
     n = args.num_envs
     best_needs = min(100, args.episodes)
-    last_ckpt_time: float | None = None
     best_written = best_weights is not None and files.best_path.exists()
     ckpt_failed = False
     learn_t0: float | None = None

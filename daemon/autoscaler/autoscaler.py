@@ -168,6 +168,32 @@ class Autoscaler:
                     f"{list(self.policy.ladder)}; pin a ladder level (ignored, not pinned)"
                 )
 
+    def reload(self, policy: AutoscalerPolicy, now: float | None = None) -> None:
+        """Adopt a reloaded profile's policy. The ladder may have changed, so the machine is
+        rebuilt on the current state (or the bottom rung when that state is gone); counters,
+        entry time and pin carry over where they still make sense."""
+        self._require_restored()
+        if policy == self.policy:
+            return
+        now = self.clock.now() if now is None else now
+        validate_ladder(policy.ladder)
+        old = self.state
+        states = state_names(policy.ladder)
+        target = old if old in states else policy.ladder[0]
+        self.policy = policy
+        self._model = LevelModel(policy)
+        self._machine = build_machine(self._model, target)
+        self._model.arm(target)  # a fresh machine does not enter its initial state either
+        if target != old:
+            self._entered_at = now
+        if self._pinned not in states:
+            self._pinned = None
+        reason = f"reload: autoscaler policy updated; state {old} -> {target}"
+        self._save(now, self._row("level", old, target, now, reason))
+        (log.warning if target != old else log.info)(reason, runs_level=self.current_level())
+        if policy.pinned is not None and policy.pinned != self._pinned and policy.pinned in states:
+            self.pin(policy.pinned, now, source="profile autoscaler.pinned")
+
     # -- the stability check --------------------------------------------------------------------
     def facts(self, now: float) -> Facts:
         since = min(self._entered_at, now - max(self.policy.window, self.policy.crash_storm.window))

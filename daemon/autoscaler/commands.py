@@ -1,4 +1,5 @@
-"""Control commands ``level``, ``pin`` and ``unpin``: registered on the supervisor, run in its loop.
+"""How the autoscaler plugs into the supervisor: the ``level``/``pin``/``unpin`` commands and a
+reload hook. All of them run in the supervisor's loop.
 
 The supervisor turns a ``ValueError`` (``PinError``) into a ``bad_request`` reply and, after any
 command, compares ``current_level()`` with the running level to carry out a change.
@@ -6,14 +7,18 @@ command, compares ``current_level()`` with the running level to carry out a chan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.autoscaler.autoscaler import Autoscaler, Decision
+from daemon.config import Profile
 
 RECENT = 10  # decisions shown by ``atarictl level``
 
 
-class CommandHost(Protocol):
+class Host(Protocol):
+    on_reload: list[Callable[[Profile], None]]
+
     def register_command(self, name: str, fn: Any) -> None: ...
 
 
@@ -25,7 +30,7 @@ def _with_message(scaler: Autoscaler, decision: Decision) -> dict[str, Any]:
     }
 
 
-def register_commands(host: CommandHost, scaler: Autoscaler) -> None:
+def attach(host: Host, scaler: Autoscaler) -> None:
     def level(_args: dict[str, Any]) -> dict[str, Any]:
         return {**scaler.status(), "recent": scaler.history(limit=RECENT)}
 
@@ -43,3 +48,4 @@ def register_commands(host: CommandHost, scaler: Autoscaler) -> None:
     host.register_command("level", level)
     host.register_command("pin", pin)
     host.register_command("unpin", unpin)
+    host.on_reload.append(lambda profile: scaler.reload(profile.autoscaler))

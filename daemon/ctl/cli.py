@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--no-wait", action="store_true", help="do not wait for the daemon to exit")
     sub.add_parser("models", parents=[js], help="each game's best and latest model")
     d = sub.add_parser("doctor", parents=[js], help="preflight checks; no daemon needed")
-    d.add_argument("--profile", type=Path, help="profile to check (default: cpu-tiny)")
+    d.add_argument(
+        "--profile",
+        type=Path,
+        help="profile to check (default: /etc/atari-supervisor/profile.yaml, else cpu-tiny)",
+    )
     i = sub.add_parser("install-service", help="install the systemd unit")
     i.add_argument("--profile", type=Path, help="profile the service runs with")
     i.add_argument("--user", help="system user the service runs as")
@@ -139,7 +143,8 @@ class Ctl:
         games = list(self.args.games)
         now = time.time()
         try:
-            raw = self.client.call("status", {"games": games} if games else {})
+            # Filtered here, not by the daemon, so an unknown name gets the list of known ones.
+            raw = self.client.call("status", {})
             st = fmt.normalize_status(raw, now=now, source="daemon")
             code = EXIT_OK
         except DaemonUnreachable as down:
@@ -343,7 +348,11 @@ class Ctl:
         from daemon.config import DEFAULT_PROFILE
         from daemon.ctl.doctor import FAIL, as_json, format_checks, run_checks
 
-        checks = run_checks(self.paths, self.args.profile or DEFAULT_PROFILE)
+        # The profile an installed service runs with (install-service puts it there) comes
+        # before the embedded default.
+        installed = Path("/etc/atari-supervisor/profile.yaml")
+        profile = self.args.profile or (installed if installed.is_file() else DEFAULT_PROFILE)
+        checks = run_checks(self.paths, profile)
         self.out(format_checks(checks), {"checks": as_json(checks)})
         return EXIT_FAILED if any(c.status == FAIL for c in checks) else EXIT_OK
 

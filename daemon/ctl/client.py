@@ -62,6 +62,8 @@ class Client:
         message = str(reply.get("error", "daemon reported an error without a message"))
         if code == "unknown_game":
             raise UnknownGame(message, code)
+        if code == "timeout":
+            raise DaemonTimeout(f"{message}; its main loop is busy, retry shortly", code)
         raise CommandFailed(message, code)
 
     def raw(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from daemon.ctl.client import Client
 from daemon.ctl.paths import CtlPaths
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
+CHECKPOINTS_KEPT = 3
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,13 @@ def _existing_parent(path: Path) -> Path:
 def _disk(ctx: _Ctx) -> Check:
     where = _existing_parent(ctx.paths.state_dir)
     free = shutil.disk_usage(where).free / 2**30
-    big = _largest_level(ctx)
-    # Each trainer keeps a few checkpoints that each hold its replay buffer, plus a backup.
-    need = 4 * big[1] if big else 1.0
+    need = 1.0  # logs, database, backups staging
+    if ctx.profile is not None:
+        from daemon.config import DEFAULT_BUFFER_GIB
+
+        buf = max(lv.buffer_gb or DEFAULT_BUFFER_GIB for lv in ctx.profile.levels)
+        # Every game keeps a run dir with a few checkpoints, each holding its replay buffer.
+        need += len(ctx.profile.games) * CHECKPOINTS_KEPT * buf
     detail = f"{free:.1f} GiB free at {where}; about {need:.1f} GiB wanted for checkpoints"
     if free < need / 4:
         return Check("disk", FAIL, detail, f"free space on {where} or use another --state-dir")

@@ -80,13 +80,17 @@ def normalize_game(g: dict[str, Any], now: float) -> dict[str, Any]:
     ckpt_age = _first(g, "checkpoint_age_s", "checkpoint_age")
     if ckpt_age is None and g.get("last_checkpoint_time") is not None:
         ckpt_age = now - float(g["last_checkpoint_time"])
+    state = str(_first(g, "state") or "unknown")
+    # Training time left at the last known rate, also for games not running now (the total
+    # ETA needs it for queued ones); the ETA column itself is only for running games.
+    work = None
+    if target is not None and rate and state.upper() not in ("DONE", "FATAL"):
+        work = max(0, int(target) - int(episodes)) / float(rate) * 3600.0
     eta = _first(g, "eta_s", "eta")
     if eta is None and g.get("eta_h") is not None:
         eta = float(g["eta_h"]) * 3600.0
-    state = str(_first(g, "state") or "unknown")
-    given = any(k in g for k in ("eta_s", "eta", "eta_h"))
-    if not given and target is not None and rate and state.upper() == "RUNNING":
-        eta = max(0, int(target) - int(episodes)) / float(rate) * 3600.0
+    if not any(k in g for k in ("eta_s", "eta", "eta_h")) and state.upper() == "RUNNING":
+        eta = work
     return {
         "game": _first(g, "game", "name"),
         "state": state,
@@ -96,6 +100,7 @@ def normalize_game(g: dict[str, Any], now: float) -> dict[str, Any]:
         "target": target,
         "episodes_per_hour": rate,
         "eta_s": eta,
+        "work_left_s": work,
         "best": _first(g, "best", "best_return"),
         "avg100": _first(g, "avg100"),
         "checkpoint_age_s": ckpt_age,
@@ -103,16 +108,16 @@ def normalize_game(g: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def total_eta(games: list[dict[str, Any]], slots: int | None) -> float | None:
-    """Work left in hours across games, spread over the level's parallel slots (a queue runs
-    later games after earlier ones finish); never less than the longest single game."""
-    etas = [g["eta_s"] for g in games if g["eta_s"] is not None]
+    """Work left across games, spread over the level's parallel slots (a queue runs later
+    games after earlier ones finish); never less than the longest single game."""
     pending = [g for g in games if g["state"].upper() not in ("DONE", "FATAL")]
     if not pending:
         return 0.0 if games else None
-    if len(etas) < len(pending):
+    work = [g["work_left_s"] for g in pending]
+    if any(w is None for w in work):
         return None  # some game has no rate yet: an honest total is unknown
     slots = max(1, slots or len(pending))
-    return max(max(etas), sum(etas) / slots)
+    return max(max(work), sum(work) / slots)
 
 
 def _next_move(level: str | None, auto: dict[str, Any]) -> str:
@@ -154,7 +159,7 @@ def normalize_status(raw: dict[str, Any], *, now: float, source: str) -> dict[st
         "pinned_level": pinned if isinstance(pinned, str) else None,
         "boots_last_hour": raw.get("boots_last_hour"),
         "next_decision": nd,
-        "gpu": normalize_gpu(raw.get("gpu")),
+        "gpu": normalize_gpu(raw["gpu_sample"] if raw.get("gpu_sample") else raw.get("gpu")),
         "games": games,
         "total_eta_s": eta,
         "gpu_cost_per_hour": cost_rate,
@@ -202,6 +207,8 @@ def _gpu_line(gpu: dict[str, Any] | None) -> str:
         return "unknown (no telemetry yet)"
     if not gpu["available"]:
         return "no GPU"
+    if not gpu["gpus"]:
+        return str(gpu["reason"])  # only the daemon's summary line is known
     parts = []
     for g in gpu["gpus"]:
         mem = "-" if g["mem_used_mib"] is None else f"{g['mem_used_mib'] / 1024:.1f}"

@@ -70,6 +70,10 @@ def resolve(
         if explicit
         else _env_dir("LOGS_DIRECTORY") or (SYSTEM_LOGS if SYSTEM_LOGS.is_dir() else state / "logs")
     )
+    # Absolute, so messages and `models` paths stay meaningful outside the current directory.
     return CtlPaths(
-        state_dir=state, runtime_dir=runtime, logs_dir=logs, socket=socket or runtime / SOCKET_NAME
+        state_dir=state.absolute(),
+        runtime_dir=runtime.absolute(),
+        logs_dir=logs.absolute(),
+        socket=(socket or runtime / SOCKET_NAME).absolute(),
     )

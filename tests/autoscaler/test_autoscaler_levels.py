@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from autoscaler_box import HOUR, MIN, Box
+from autoscaler_box import HOUR, MIN, Box, policy
 
 from daemon.autoscaler import Autoscaler, PinError
 from daemon.autoscaler.repository import AutoscalerRepository
@@ -294,6 +294,23 @@ def test_a_stored_state_missing_from_the_ladder_restarts_at_the_bottom(
     assert box.state == "light"
     last = AutoscalerRepository(box.store).decisions(("level",))[-1]
     assert last.reason.startswith("restore: stored state 'heavy' is not in autoscaler.ladder")
+
+
+def test_reload_adopts_a_new_ladder_and_windows(make_box: MakeBox) -> None:
+    box = make_box()
+    climb_to_medium(box)
+    box.scaler.reload(policy(ladder=("light", "medium", "heavy"), promote_after=10 * MIN))
+    assert box.state == "medium"
+    box.clock.advance(10 * MIN)
+    decision = box.check()
+    assert decision is not None and decision.to_state == "heavy"
+    assert "promote_after=10 min" in decision.reason
+    box.scaler.reload(policy(ladder=("light", "medium")))
+    assert (box.state, box.scaler.current_level()) == ("light", "light")
+    last = AutoscalerRepository(box.store).decisions(("level",))[-1]
+    assert last.reason == "reload: autoscaler policy updated; state heavy -> light"
+    box.restart_daemon()  # the reloaded profile is the one the daemon starts with next time
+    assert box.state == "light"
 
 
 def test_three_rung_ladder_climbs_and_falls_back_without_code_changes(make_box: MakeBox) -> None:

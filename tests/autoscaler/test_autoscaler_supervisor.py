@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from daemon.autoscaler import Autoscaler
-from daemon.autoscaler.commands import register_commands
+from daemon.autoscaler.commands import attach
 from daemon.clock import FakeClock
 from daemon.config import load_profile
 from daemon.process import ProcessManager, State
@@ -38,7 +38,7 @@ def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeOs, FakeCl
                          scaler.current_level())  # fmt: skip
     mgr.restore()
     s = Supervisor(profile, store, clock, mgr, scaler)
-    register_commands(s, scaler)
+    attach(s, scaler)
     s.loop_once()
     clock.advance(profile.startsecs)
     s.loop_once()
@@ -113,3 +113,16 @@ def test_stability_event_promotes_and_the_games_restart_at_medium(sup: Any) -> N
     assert spawned and all(a[a.index("--num-envs") + 1] == "8" for a in spawned)
     status = ask(s, "status")["result"]
     assert (status["level"], status["level_state"]) == ("medium", "medium")
+
+
+def test_reload_hands_the_new_policy_to_the_autoscaler(sup: Any) -> None:
+    s, scaler, _, clock = sup
+    path = Path(s.profile.path)
+    path.write_text(PROFILE.replace("{ladder: [light, medium]}",
+                                    "{ladder: [light, medium], promote_after: 10m}"))  # fmt: skip
+    assert ask(s, "reload")["ok"]
+    assert scaler.policy.promote_after == 600
+    clock.advance(10 * 60)
+    s.post(Check("stability"))
+    s.loop_once()
+    assert s.manager.level == "medium"

@@ -173,12 +173,20 @@ def test_status_formatting_from_a_recorded_daemon_reply() -> None:
         "boots_last_hour": 2,
         "next_decision": "promote check",
         "next_decision_at": now + 600,
-        "gpu": {
-            "name": "H100",
-            "util_pct": 87,
-            "mem_used_bytes": 40 * 2**30,
-            "mem_total_bytes": 80 * 2**30,
-            "temp_c": 61,
+        # What Supervisor.cmd_status sends: a summary line and telemetry's NVML sample.
+        "gpu": "H100 87% 40960/81920 MiB 61C 300W",
+        "gpu_sample": {
+            "gpu": "ok",
+            "gpus": [
+                {
+                    "name": "H100",
+                    "util_pct": 87,
+                    "mem_used_mb": 40960.0,
+                    "mem_total_mb": 81920.0,
+                    "temperature_c": 61,
+                    "power_w": 300.0,
+                }
+            ],
         },
         "gpu_cost_per_hour": 2.5,
         "slots": 1,
@@ -245,3 +253,16 @@ def test_doctor_fails_on_a_bad_profile_and_passes_on_cpu_tiny(tmp_path: Path) ->
     assert checks["envpool"]["status"] == "OK" and "made" in checks["envpool"]["detail"]
     assert checks["profile"]["status"] == "OK"
     assert set(checks) >= {"python", "torch", "nvml", "ram", "disk", "state-dir", "runtime-dir"}
+
+
+def test_service_subcommands_call_the_service_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the argparse wiring is tested here; tests/systemd runs the real installer.
+    from daemon.ctl import cli, service
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(service, "install_service", lambda p, u: calls.append((p, u)) or 7)
+    monkeypatch.setattr(service, "uninstall_service", lambda: calls.append(("un",)) or 0)
+    assert cli.main(["install-service", "--profile", "/x.yaml", "--user", "trainer"]) == 7
+    assert cli.main(["install-service"]) == 7
+    assert cli.main(["uninstall-service"]) == 0
+    assert calls == [(Path("/x.yaml"), "trainer"), (None, None), ("un",)]

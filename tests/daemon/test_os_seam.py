@@ -3,6 +3,7 @@ and the pid-reuse guard used for leftover trainers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -48,10 +49,8 @@ def test_spawn_runs_in_its_own_group_without_notify_socket(tmp_path: Path, monke
         with pytest.raises(ProcessLookupError):
             os.killpg(proc.pid, 0)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         seam.wait(proc, 30)
 
 

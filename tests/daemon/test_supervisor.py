@@ -13,7 +13,7 @@ from daemon.clock import FakeClock
 from daemon.config import load_profile
 from daemon.logging import configure_logging
 from daemon.process import ProcessManager, State
-from daemon.store import Store
+from daemon.store import Store, StoreError
 from daemon.supervisor import Check, FixedLevel, Shutdown, Supervisor
 from tests.daemon.test_process_manager import PROFILE, FakeOs
 
@@ -154,3 +154,25 @@ def test_a_failing_event_is_logged_and_the_loop_goes_on(sup) -> None:
     s.loop_once()
     assert "<3>event handling failed" in buf.getvalue()
     assert ask(s, "status")["ok"] is True
+
+
+def test_a_failing_loop_pass_does_not_kill_the_daemon(sup) -> None:
+    s, fake, _ = sup
+    buf = io.StringIO()
+    configure_logging(buf, tty=False)
+    real_tick, calls = s.manager.tick, []
+
+    def flaky_tick() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("atari.db: database is locked by another process")
+        real_tick()
+
+    s.manager.tick = flaky_tick  # type: ignore[method-assign]
+    for g in s.manager.games.values():
+        if g.proc is not None:
+            fake.exits[g.proc.pid] = 0
+    s.post(Shutdown("test"))
+    assert s.run(wake=0.01) == 0
+    assert len(calls) >= 2 and s.stopped
+    assert "<3>main loop pass failed; retrying" in buf.getvalue()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ class Service:
 
     def props(self, *names: str) -> dict[str, str]:
         return self.box.show(UNIT, *names)
+
+    def timestamp(self, prop: str) -> float:
+        """A unit timestamp property (e.g. ActiveEnterTimestamp) as unix time, to the µs."""
+        out = self.box.systemctl("show", UNIT, "--timestamp=us+utc", "-P", prop).stdout.strip()
+        when = datetime.strptime(out, "%a %Y-%m-%d %H:%M:%S.%f UTC")
+        return when.replace(tzinfo=UTC).timestamp()
 
     def restarts(self) -> int:
         return int(self.props("NRestarts")["NRestarts"])

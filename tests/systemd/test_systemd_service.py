@@ -45,15 +45,17 @@ def test_install_service_starts_it_after_ready(service: Service) -> None:
     assert service.box.run("getent", "group", "atari-supervisor").stdout.startswith(
         "atari-supervisor:"
     )
-    # `enable --now` of a Type=notify unit returns once READY arrived: recovery is done by now.
+    # `enable --now` of a Type=notify unit returns once READY arrived. Recovery happened while
+    # the unit was still "activating": after it left "inactive", before it entered "active".
     assert service.is_active()
-    boot_rows = service.query("SELECT boot_id FROM boots")
-    assert (service.box.boot_id,) in boot_rows
-    messages = service.journal_json()
-    started = next(i for i, m in enumerate(messages) if m.get("MESSAGE", "").startswith("Started "))
-    # Every daemon line up to READY comes before systemd's "Started": the service was
-    # "activating" during recovery, not "active".
-    assert any(m.get("_PID") != "1" for m in messages[:started])
+    activating = service.timestamp("InactiveExitTimestamp")
+    active = service.timestamp("ActiveEnterTimestamp")
+    (detected_at,) = service.query(
+        "SELECT detected_at FROM boots WHERE boot_id = ?", service.box.boot_id
+    )[0]
+    (daemon_started,) = service.query("SELECT started_at FROM daemon_runs")[0]
+    assert activating <= daemon_started <= active
+    assert activating <= detected_at <= active
     status = service.box.systemctl("status", UNIT, check=False).stdout
     assert "active (running)" in status
     assert 'Status: "light · ' in status

@@ -60,3 +60,14 @@ def test_unwritable_run_dir_exit_4(tmp_path: Path) -> None:
     assert r.returncode == 4
     line = _one_line(r.stderr)
     assert f"run dir {blocker / 'run'} is not writable" in line and "--run-dir" in line
+
+
+def test_run_dir_of_another_game_exit_2(tmp_path: Path) -> None:
+    from trainer import checkpoint
+
+    run_dir = tmp_path / "r"
+    checkpoint.save(run_dir / "checkpoints", {"config": {"game": "CartPole-v1"}}, keep=3)
+    r = run(["--game", "Pong", "--episodes", "5", "--run-dir", str(run_dir)])
+    assert r.returncode == 2
+    line = _one_line(r.stderr)
+    assert "holds checkpoints of 'CartPole-v1', not 'Pong'" in line
