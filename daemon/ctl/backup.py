@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -343,6 +345,35 @@ def restore(paths: CtlPaths, archive: Path, now: float | None = None) -> dict[st
     manifest = verify(archive)
     state = paths.state_dir.absolute()
     state.mkdir(parents=True, exist_ok=True)
+    with _daemon_lock(state):
+        return _restore_locked(state, archive, manifest, now)
+
+
+@contextlib.contextmanager
+def _daemon_lock(state: Path) -> Iterator[None]:
+    """Hold the daemon's single-instance lock for the whole restore: a daemon running on this
+    state dir makes us refuse, and one started meanwhile refuses to start."""
+    with open(state / "daemon.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise BackupError(
+                f"refusing to restore while the daemon runs (pid {pid} holds "
+                f"{state / 'daemon.lock'}); stop it first (atarictl shutdown or systemctl stop "
+                "atari-supervisor)",
+                "daemon_running",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _restore_locked(
+    state: Path, archive: Path, manifest: dict[str, Any], now: float
+) -> dict[str, Any]:
     stage = Path(tempfile.mkdtemp(prefix=".restore-", dir=state))
     moved: list[tuple[Path, Path]] = []  # (where it is now, where it came from)
     placed: list[Path] = []

@@ -110,7 +110,8 @@ def normalize_game(g: dict[str, Any], now: float) -> dict[str, Any]:
 def total_eta(games: list[dict[str, Any]], slots: int | None) -> float | None:
     """Work left across games, spread over the level's parallel slots (a queue runs later
     games after earlier ones finish); never less than the longest single game."""
-    pending = [g for g in games if g["state"].upper() not in ("DONE", "FATAL")]
+    # Stopped games wait for the operator, not for a slot: they are not part of the plan.
+    pending = [g for g in games if g["state"].upper() not in ("DONE", "FATAL", "STOPPED")]
     if not pending:
         return 0.0 if games else None
     work = [g["work_left_s"] for g in pending]

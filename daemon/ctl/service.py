@@ -8,10 +8,12 @@ runs under, so the service runs the same code as the atarictl that installed it.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -77,8 +79,13 @@ def _require_root_and_systemctl(command: str) -> str:
 def _systemctl(systemctl: str, *args: str, hint: str = "") -> None:
     result = subprocess.run([systemctl, *args], capture_output=True, text=True)
     if result.returncode != 0:
-        # systemctl's first line says what failed; the rest points at status/journalctl.
-        lines = (result.stderr or result.stdout).strip().splitlines()
+        # The line that says what failed, not "Created symlink ..." progress or the pointer to
+        # status/journalctl that follows it.
+        lines = [
+            line
+            for line in (result.stderr or result.stdout).strip().splitlines()
+            if not line.startswith(("Created symlink", "Removed ", "See "))
+        ]
         detail = lines[0] if lines else f"exit status {result.returncode}"
         raise ServiceError(f"systemctl {' '.join(args)} failed: {detail}{hint}")
 
@@ -118,16 +125,51 @@ def _ensure_group() -> bool:
     return True
 
 
+def unreachable_by(user: pwd.struct_passwd, path: Path) -> str | None:
+    """Why USER cannot execute PATH (a directory on the way it may not search, or a file it may
+    not run), or None. Checked up front because systemd would only say "203/EXEC"."""
+    gids = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    with contextlib.suppress(KeyError):
+        gids.add(grp.getgrnam(GROUP).gr_gid)  # the unit's Group=
+
+    def allowed(st: os.stat_result) -> bool:
+        if user.pw_uid == 0:
+            return True
+        if st.st_uid == user.pw_uid:
+            return bool(st.st_mode & stat.S_IXUSR)
+        if st.st_gid in gids:
+            return bool(st.st_mode & stat.S_IXGRP)
+        return bool(st.st_mode & stat.S_IXOTH)
+
+    # Both the path as written (a venv's bin/python is a symlink) and where it leads.
+    for target in (path, path.resolve()):
+        for step in (*reversed(target.parents), target):
+            try:
+                st = step.stat()
+            except OSError as exc:
+                return f"{step}: {exc.strerror}"
+            if not allowed(st):
+                owner = pwd.getpwuid(st.st_uid).pw_name if st.st_uid != 0 else "root"
+                return f"{step} is mode {stat.S_IMODE(st.st_mode):04o}, owned by {owner}"
+    return None
+
+
 def install(profile: Path | None, user: str | None, python: str = sys.executable) -> Installed:
     systemctl = _require_root_and_systemctl("install-service")
     if user is not None:
         try:
-            pwd.getpwnam(user)
+            account = pwd.getpwnam(user)
         except KeyError:
             raise ServiceError(
                 f"--user {user}: no such user; create it (useradd --system "
                 f"{user}) or leave --user out to run as root"
             ) from None
+        blocker = unreachable_by(account, Path(python))
+        if blocker is not None:
+            raise ServiceError(
+                f"--user {user} could not run {python}: {blocker}; put the venv where {user} "
+                "can read it (e.g. /opt/atari-supervisor/.venv) or leave --user out"
+            )
     if not UNIT_TEMPLATE.is_file():
         raise ServiceError(
             f"unit template {UNIT_TEMPLATE} is missing; install-service needs a "

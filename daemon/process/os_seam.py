@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -84,12 +85,13 @@ class RealOs:
                 return proc.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 return None
-        try:
-            psutil.Process(proc.pid).wait(timeout)
-        except psutil.TimeoutExpired:
-            return None
-        except psutil.NoSuchProcess:
-            pass
+        # Not our child: poll. A zombie counts as exited, since its parent (init or a
+        # container's PID 1) may be slow to reap it, or never do so.
+        deadline = time.monotonic() + timeout
+        while is_same_process(proc.pid, proc.create_time):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
         return 0
 
 

@@ -157,3 +157,20 @@ def test_backup_refuses_to_overwrite(state: Path, tmp_path: Path) -> None:
     out = atarictl("--state-dir", str(state), "backup", str(tmp_path / "x.tar.gz"))
     assert out.returncode == 6 and "already exists" in out.stderr
     assert (tmp_path / "x.tar.gz").read_text() == "keep me"
+
+
+def test_restore_refuses_while_the_daemon_lock_is_held(state: Path, tmp_path: Path) -> None:
+    # A daemon whose socket lives elsewhere (--runtime-dir) still holds its state dir's lock.
+    import fcntl
+
+    archive = tmp_path / "b.tar.gz"
+    backup(resolve(state_dir=state), archive)
+    before = _tree(state)
+    with open(state / "daemon.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        out = atarictl("--state-dir", str(state), "restore", str(archive))
+    assert out.returncode == 6
+    assert "pid 4242 holds" in out.stderr
+    assert {k: v for k, v in _tree(state).items() if k != "daemon.lock"} == before

@@ -72,8 +72,8 @@ def test_status_json_and_game_filter(daemon: Daemon) -> None:
     g = data["games"][0]
     assert g["state"] == "RUNNING" and g["episodes"] >= 0 and g["target"] == 1_000_000
     assert data["gpu_cost_per_hour"] == 2.5
-    if g["eta_s"] is not None:
-        assert data["projected_cost"] == pytest.approx(data["total_eta_s"] / 3600 * 2.5)
+    # The total covers every game, filtered or not; queued Pong has never run, so no rate.
+    assert data["total_eta_s"] is None and data["projected_cost"] is None
     assert set(data) >= {"boots_last_hour", "next_decision", "gpu", "pinned", "total_eta_s"}
 
 
@@ -113,6 +113,18 @@ def test_stop_is_graceful_start_and_restart_resume(daemon: Daemon) -> None:
     )
     # Resumed from the checkpoint: the episode counter never goes back.
     assert daemon.game("CartPole-v1")["episodes"] >= stopped_at
+
+
+def test_total_eta_and_cost_once_every_planned_game_has_a_rate(daemon: Daemon) -> None:
+    # Pong is STOPPED (previous test), so only CartPole-v1 is planned; wait for its rate.
+    data = daemon.wait_for(
+        "a rate",
+        lambda: (d := json.loads(daemon.ctl("status", "--json").stdout))["total_eta_s"] and d,
+    )
+    cart = next(g for g in data["games"] if g["game"] == "CartPole-v1")
+    assert data["total_eta_s"] == pytest.approx(cart["work_left_s"])
+    assert data["projected_cost"] == pytest.approx(data["total_eta_s"] / 3600 * 2.5)
+    assert "· projected cost $" in daemon.ctl("status").stdout.splitlines()[-1]
 
 
 def test_level_pin_and_unpin(daemon: Daemon) -> None:

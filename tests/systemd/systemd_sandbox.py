@@ -33,12 +33,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 SYSTEMD = Path("/lib/systemd/systemd")
+REPO = Path(__file__).resolve().parents[2]
 
 # Units that must not run in the sandbox: they would touch host state (tmpfiles wipes /tmp,
 # utmp/random-seed/pstore write /var, sysctl/binfmt/modules-load change the kernel, timesyncd
@@ -75,21 +77,25 @@ MASKED_UNITS = (
     "apt-daily-upgrade.timer",
 )
 
-# Runs inside the new namespaces with arguments ROOT BOOT_ID; every mount below is private to them.
+# Runs inside the new namespaces with arguments ROOT BOOT_ID [KEEP...]; every mount below is
+# private to them. KEEP paths (the checkout, the venv) live where the sandbox hides the host's
+# directories (e.g. a CI clone under /tmp) and are carried through like ROOT.
 _PRELUDE = r"""
 set -eu
-root="$1"; boot_id="$2"
+root="$1"; boot_id="$2"; shift 2
 mount --make-rprivate /
 mount -t tmpfs -o mode=0755 sandbox-run /run
-# The sandbox root usually lives under the host's /tmp: bind it aside before /tmp is hidden,
-# then back at the same path, so paths mean the same inside and out.
-mkdir -p /run/.sandbox-root
-mount --bind "$root" /run/.sandbox-root
+# Bind ROOT and the KEEP paths aside before /tmp is hidden, then back at the same paths, so
+# paths mean the same inside and out.
+mkdir -p /run/.sandbox-keep/root
+mount --bind "$root" /run/.sandbox-keep/root
+i=0
+for keep in "$@"; do
+    i=$((i + 1)); mkdir -p "/run/.sandbox-keep/$i"; mount --bind "$keep" "/run/.sandbox-keep/$i"
+done
 mount -t tmpfs -o mode=1777 sandbox-tmp /tmp
 mkdir -p "$root"
-mount --bind /run/.sandbox-root "$root"
-umount /run/.sandbox-root
-rmdir /run/.sandbox-root
+mount --bind /run/.sandbox-keep/root "$root"
 mount -t tmpfs -o mode=1777 sandbox-shm /dev/shm
 if [ ! -e "$root/etc/.sandbox-copy" ]; then
     mkdir -p "$root/etc"
@@ -105,6 +111,12 @@ chmod 1777 "$root/var/tmp"
 ln -sfn /run "$root/var/run"
 ln -sfn /run/lock "$root/var/lock"
 mount --bind "$root/var" /var
+i=0
+for keep in "$@"; do
+    i=$((i + 1)); mkdir -p "$keep"; mount --bind "/run/.sandbox-keep/$i" "$keep"
+done
+umount /run/.sandbox-keep/*
+rmdir /run/.sandbox-keep/* /run/.sandbox-keep
 printf '%s\n' "$boot_id" > /run/sandbox-boot-id
 mount --bind /run/sandbox-boot-id /proc/sys/kernel/random/boot_id
 mkdir -p /run/systemd/system
@@ -188,6 +200,7 @@ class Sandbox:
                     "atari-sandbox",
                     str(self.root),
                     self.boot_id,
+                    *self._keep_paths(),
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -203,6 +216,17 @@ class Sandbox:
             self.kill()
             raise
         return self
+
+    @staticmethod
+    def _keep_paths() -> list[str]:
+        """The checkout and the interpreter, where the sandbox would hide them."""
+        hidden = ("/tmp", "/var", "/run", "/dev/shm")
+        wanted = {REPO, Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent}
+        return sorted(
+            str(path)
+            for path in wanted
+            if any(path == Path(h) or Path(h) in path.parents for h in hidden)
+        )
 
     def _acquire_lock(self, timeout: float) -> None:
         # An advisory lock on the (read-only) systemd binary: it writes nothing and serializes

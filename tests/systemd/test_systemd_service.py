@@ -5,6 +5,7 @@ test leaves it running for the next, except the last two."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 
@@ -33,6 +34,33 @@ def _sigkills(service: Service) -> list[str]:
         and ("SIGKILL" in e["MESSAGE"] or "SIGABRT" in e["MESSAGE"])
         and "on client request" not in e["MESSAGE"]
     ]
+
+
+def test_refused_installs_leave_nothing_behind(service: Service) -> None:
+    result = service.atarictl("install-service", "--user", "no-such-user-atari")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--user no-such-user-atari: no such user" in result.stderr
+    # A user who cannot reach the interpreter: systemd would only say 203/EXEC later.
+    locked = service.box.root / "locked"
+    locked.mkdir(mode=0o700)
+    code = (
+        "from daemon.ctl.service import ServiceError, install\n"
+        "try:\n"
+        f"    install(None, 'nobody', python='{locked}/python')\n"
+        "except ServiceError as exc:\n"
+        "    print(exc)\n"
+    )
+    refused = service.box.run(sys.executable, "-c", code, timeout=120).stdout
+    assert f"--user nobody could not run {locked}/python" in refused
+    assert "mode 0700" in refused
+    root = service.box.root
+    assert not (root / "etc/systemd/system" / UNIT).exists()
+    assert not (root / "etc/atari-supervisor").exists()
+    assert service.box.run("getent", "group", "atari-supervisor", check=False).returncode == 2
+    result = service.atarictl("uninstall-service")
+    assert result.returncode == 0
+    assert "was not installed" in result.stdout
 
 
 def test_install_service_starts_it_after_ready(service: Service) -> None:

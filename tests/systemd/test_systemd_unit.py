@@ -4,6 +4,7 @@ verify`, the unit's timeouts against the shipped profiles, and the one-line refu
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from daemon.config import load_profile
-from daemon.ctl.service import TEMPLATE_PYTHON, UNIT_TEMPLATE, ServiceError, render_unit
+from daemon.ctl.service import (
+    TEMPLATE_PYTHON,
+    UNIT_TEMPLATE,
+    ServiceError,
+    render_unit,
+    unreachable_by,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -131,3 +138,17 @@ def test_install_refuses_without_systemctl_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "systemctl not found" in lines[0]
+
+
+def test_unreachable_by_names_the_blocking_directory(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    python = locked / "python"
+    python.write_text("")
+    python.chmod(0o755)
+    reason = unreachable_by(nobody, python)
+    assert reason is not None and "mode 0700" in reason
+    env = Path(shutil.which("env") or "/usr/bin/env")
+    assert unreachable_by(nobody, env) is None
+    assert unreachable_by(pwd.getpwnam("root"), python) is None
