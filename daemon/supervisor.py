@@ -223,9 +223,10 @@ class Supervisor:
         if check is None:
             return
         decision = check(self.clock.now())
-        if decision is not None:
-            log.info("autoscaler decision", reason=getattr(decision, "reason", str(decision)))
-        self._sync_level(getattr(decision, "reason", "autoscaler decision"))
+        # The autoscaler has stored and logged its decision with the full reason; the level
+        # change row only names it, so the decisions table tells each thing once.
+        trigger = getattr(decision, "trigger", None)
+        self._sync_level(f"autoscaler {trigger}" if trigger else "autoscaler decision")
 
     def _on_telemetry(self) -> None:
         now = self.clock.now()
@@ -260,14 +261,25 @@ class Supervisor:
 
     # ------------------------------------------------------------------ level and status
 
-    def _sync_level(self, reason: str) -> None:
+    def _sync_level(self, cause: str) -> None:
+        """Carry out a level change the level source asks for. Who decided records why (the
+        autoscaler its ``level`` row, reload its ``operator`` row); this records the restart of
+        the games as a ``process`` row with no game, from the old level to the new one."""
         if self.stopping:
             return
-        want = self.level_source.current_level()
-        if want != self.manager.level:
-            self.store.record_decision(self.clock.now(), "level", reason, None,
-                                       self.manager.level, want)  # fmt: skip
-            self.manager.change_level(want, reason)
+        old, want = self.manager.level, self.level_source.current_level()
+        if want == old:
+            return
+        # The old level is read from the profile it ran under (a reload may have dropped it).
+        was, new = self.manager.profile.level(old), self.profile.level(want)
+        lighter = new.games * new.num_envs < was.games * was.num_envs
+        n = self.manager.change_level(want, cause, demotion=lighter)
+        reason = (
+            f"level change {old} -> {want} ({cause}): graceful stop of {n} running games; "
+            f"games restart with {want}'s settings (games={new.games}, num_envs={new.num_envs},"
+            f" batch_size={new.batch_size})"
+        )
+        self.store.record_decision(self.clock.now(), "process", reason, None, old, want)
 
     def status_line(self) -> str:
         c = self.manager.counts()
@@ -334,8 +346,9 @@ class Supervisor:
             "level_entered_at": auto_status.get("entered_at", self.started_at),
             "pinned": auto_status.get("pinned"),
             "autoscaler": auto_status,
+            # Reboots only (the first boot a database sees is none), as the autoscaler counts.
             "boots_last_hour": auto_status.get(
-                "reboots_last_hour", len(self.store.boots_since(now - 3600))
+                "reboots_last_hour", self.store.reboots_since(now - 3600)
             ),
             "next_decision_at": auto_status.get("next_decision_at") or self.next_run("stability"),
             "gpu": gpu_summary(self.last_gpu) if self.gpu is not None else "no GPU",
@@ -364,10 +377,19 @@ class Supervisor:
         except ProfileError as e:
             log.error("reload rejected; the running profile stays", error=str(e))
             raise CommandError("bad_profile", str(e)) from None
-        changes = self.manager.set_profile(profile)
         self.profile = profile
+        changes = []
+        if isinstance(self.level_source, FixedLevel) and self.level_source.name != (
+            profile.start_level
+        ):
+            changes.append(f"start_level {self.level_source.name} -> {profile.start_level}")
+            self.level_source.name = profile.start_level
         for hook in self.on_reload:
-            hook(profile)
+            hook(profile)  # the autoscaler adopts the new policy (and may move its state)
+        # The level first (the old one may be gone from the profile), then the games; slots
+        # fill only once a level change has drained.
+        self._sync_level("reload")
+        changes += self.manager.set_profile(profile)
         self.store.record_decision(
             self.clock.now(), "operator", "reload: " + ("; ".join(changes) or "no game changes")
         )

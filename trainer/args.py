@@ -138,7 +138,7 @@ def known_games() -> list[str]:
     return sorted(set(games)) + list(CLASSIC_TASKS)
 
 
-def _check_game(game: str) -> None:
+def check_game(game: str) -> None:
     games = known_games()
     if game in games:
         return
@@ -181,7 +181,7 @@ def validate(a: Args) -> Args:
         _positive("--max-env-steps", a.max_env_steps)
     if a.max_seconds is not None:
         _positive("--max-seconds", a.max_seconds)
-    _check_game(a.game)
+    check_game(a.game)
     # The buffer-size check needs the frame size, so it lives in replay.capacity_for().
     return a
 

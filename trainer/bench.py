@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.args import Args, UsageError
+from trainer.args import Args, UsageError, check_game
 from trainer.envs import env_spec, make_envs
 from trainer.network import make_qnetwork
 from trainer.train import learn
@@ -111,6 +112,11 @@ def main(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     if ns.seconds <= 0:
         raise SystemExit("atari-trainer bench: error: --seconds must be > 0")
+    try:
+        check_game(ns.game)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
     logging.getLogger("trainer").setLevel(logging.WARNING)
     if ns.threads:
         torch.set_num_threads(ns.threads)
@@ -119,46 +125,44 @@ def main(argv: list[str]) -> int:
     sizes, levels = (QUICK, QUICK_LEVELS) if ns.quick else (FULL, FULL_LEVELS)
     seconds = min(ns.seconds, 2.0) if ns.quick else ns.seconds
     rr = ns.replay_ratio
-    try:
-        env_c = {n: env_ceiling(ns.game, n, seconds) for n in sizes["envs"]}
-        learn_c = {b: learner_ceiling(ns.game, b, seconds, device) for b in sizes["batches"]}
-        all_levels = [(1, 32), *levels]
-        variants = [True] if ns.quick else [True, False]
-        rates = {
-            (*lv, ov): trainer_rate(ns.game, *lv, rr, seconds, str(device), ov)
-            for lv in all_levels
-            for ov in variants
-        }
-    except UsageError as exc:
-        print(exc)
-        return exc.code
     print(
         f"# {ns.game}, device {device}, torch threads {torch.get_num_threads()}, "
-        f"replay ratio {rr}, {seconds:g} s per measurement"
+        f"replay ratio {rr}, {seconds:g} s per measurement",
+        flush=True,
     )
+    # Each row is printed as soon as it is measured: a full run takes minutes.
     print("\n| num_envs | raw envpool steps/s |\n|---:|---:|")
-    for n, r in env_c.items():
-        print(f"| {n} | {r:,.0f} |")
+    env_c: dict[int, float] = {}
+    for n in sizes["envs"]:
+        env_c[n] = env_ceiling(ns.game, n, seconds)
+        print(f"| {n} | {env_c[n]:,.0f} |", flush=True)
     print(
         "\n| batch | learner updates/s | samples/s | env steps/s it can feed |"
         "\n|---:|---:|---:|---:|"
     )
-    for b, u in learn_c.items():
-        print(f"| {b} | {u:,.2f} | {u * b:,.0f} | {u * b / rr:,.0f} |")
+    learn_c: dict[int, float] = {}
+    for b in sizes["batches"]:
+        u = learn_c[b] = learner_ceiling(ns.game, b, seconds, device)
+        print(f"| {b} | {u:,.2f} | {u * b:,.0f} | {u * b / rr:,.0f} |", flush=True)
     print(
         "\n| level (envs/batch) | trainer env steps/s | speed-up vs 1/32 | % of raw ceiling "
         "| serial bound | efficiency |\n|---|---:|---:|---:|---:|---:|"
     )
-    base = rates[(1, 32, True)]
-    for (n, b, ov), rate in rates.items():
-        ec = env_c.get(n) or env_ceiling(ns.game, n, seconds)
-        lc = (learn_c.get(b) or learner_ceiling(ns.game, b, seconds, device)) * b / rr
-        bound = 1.0 / (1.0 / ec + 1.0 / lc)
-        speed = f"{rate / base:.2f}x" if base > 0 else "n/a"
-        print(
-            f"| {n}/{b}{'' if ov else ' serial'} | {rate:,.0f} | {speed} | {100 * rate / ec:.1f}% "
-            f"| {bound:,.0f} | {rate / bound:.2f} |"
-        )
+    base = 0.0
+    for n, b in [(1, 32), *levels]:
+        for overlap in [True] if ns.quick else [True, False]:
+            rate = trainer_rate(ns.game, n, b, rr, seconds, str(device), overlap)
+            base = base or rate
+            ec = env_c.get(n) or env_ceiling(ns.game, n, seconds)
+            lc = (learn_c.get(b) or learner_ceiling(ns.game, b, seconds, device)) * b / rr
+            bound = 1.0 / (1.0 / ec + 1.0 / lc)
+            speed = f"{rate / base:.2f}x" if base > 0 else "n/a"
+            label = f"{n}/{b}" + ("" if overlap else " serial")
+            print(
+                f"| {label} | {rate:,.0f} | {speed} | {100 * rate / ec:.1f}% "
+                f"| {bound:,.0f} | {rate / bound:.2f} |",
+                flush=True,
+            )
     print(
         "\nserial bound = 1/(1/env ceiling + 1/learner ceiling in env steps/s); `serial` rows "
         "run with --no-overlap (step, then learn); other rows learn while envpool steps."

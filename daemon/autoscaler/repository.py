@@ -9,41 +9,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, insert, select
 
 from daemon.autoscaler.boots import BootRecord, PreviousRun
-from daemon.store.schema import boots, daemon_runs, decisions, level_state, runs
+from daemon.store.schema import (
+    CRASH_OUTCOMES,
+    IS_REBOOT,
+    boots,
+    daemon_runs,
+    decisions,
+    level_state,
+    runs,
+)
+from daemon.store.store import upsert
 
 LEVEL_STATE_ID = 1
-
-# How the process manager words a run that died on its own (daemon/process/): anything else,
-# e.g. a stop that ended in SIGKILL after stop_grace, was the daemon's doing.
-CRASH_REASON_PREFIXES = ("crashed:", "failed start:", "gave up:")
 
 # Built once: these run on every stability check and building the expressions costs more than
 # running them.
 _REBOOTS_SINCE = (
     select(boots.c.detected_at)
-    .where(boots.c.previous_boot_id.is_not(None), boots.c.detected_at >= bindparam("since"))
+    .where(IS_REBOOT, boots.c.detected_at >= bindparam("since"))
     .order_by(boots.c.detected_at)
 )
-# A crash is a run that died on its own; a run without a reason counts when it exited non-zero
-# or by a signal.
+# A crash is a run that died on its own: the process manager records that as runs.outcome.
 _CRASHES_SINCE = (
     select(runs.c.ended_at)
     .where(
         runs.c.ended_at.is_not(None),
         runs.c.ended_at >= bindparam("since"),
-        or_(
-            *(runs.c.reason.startswith(p) for p in CRASH_REASON_PREFIXES),
-            and_(
-                runs.c.reason.is_(None),
-                or_(
-                    and_(runs.c.exit_code.is_not(None), runs.c.exit_code != 0),
-                    runs.c.signal.is_not(None),
-                ),
-            ),
-        ),
+        runs.c.outcome.in_(CRASH_OUTCOMES),
     )
     .order_by(runs.c.ended_at)
 )
@@ -109,17 +104,9 @@ class AutoscalerRepository:
             "updated_at": now,
         }
         with self._engine.begin() as conn:
-            done = conn.execute(
-                update(level_state).where(level_state.c.id == LEVEL_STATE_ID).values(**values)
-            )
-            if done.rowcount == 0:
-                conn.execute(insert(level_state).values(id=LEVEL_STATE_ID, **values))
+            upsert(conn, level_state, {"id": LEVEL_STATE_ID}, values)
             if decision is not None:
                 conn.execute(insert(decisions).values(**_decision_values(decision)))
-
-    def add_decision(self, decision: DecisionRow) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(insert(decisions).values(**_decision_values(decision)))
 
     def decisions(
         self, kinds: tuple[str, ...] = ("level", "operator", "boot"), limit: int | None = None

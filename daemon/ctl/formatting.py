@@ -228,7 +228,10 @@ def format_status(st: dict[str, Any]) -> str:
         d = st.get("daemon") or {}
         hb = d.get("last_heartbeat")
         since = f", last heartbeat {duration(now - hb)} ago" if hb else ""
-        lines.append(f"daemon DOWN{since}: read-only view from the database {st.get('db', '')}")
+        what = "DOWN"
+        if d.get("pid_alive"):
+            what = f"NOT ANSWERING (pid {d['pid']} alive, socket unreachable)"
+        lines.append(f"daemon {what}{since}: read-only view from the database {st.get('db', '')}")
     level = st["level"] or "-"
     entered = st["level_entered_at"]
     in_level = f" for {duration(now - entered)}" if entered else ""

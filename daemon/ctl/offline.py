@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from daemon.ctl.client import CtlError
 
 HISTORY_KINDS = ("boots", "levels", "runs", "decisions")
@@ -78,8 +80,12 @@ def daemon_info(conn: sqlite3.Connection) -> dict[str, Any]:
     if not rows:
         return {"running": False, "pid": None, "last_heartbeat": None}
     r = rows[0]
+    # No answer on the socket, yet the last run never recorded a stop and its pid lives: the
+    # daemon may be wedged or its control socket failed; say so rather than "down".
+    alive = r["stopped_at"] is None and bool(r["pid"]) and psutil.pid_exists(int(r["pid"]))
     return {
         "running": False,
+        "pid_alive": alive,
         "pid": r["pid"],
         "last_heartbeat": r["last_heartbeat"],
         "stopped_at": r["stopped_at"],
@@ -91,7 +97,14 @@ def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict
     """The daemon's status shape, rebuilt from the tables (no GPU, no next decision)."""
     with connect_ro(db) as conn:
         level = _select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
-        boots = _select(conn, "boots", ("detected_at",), "WHERE detected_at >= ?", (now - 3600.0,))
+        # Reboots only, as the daemon and the autoscaler count them (the first boot is none).
+        boots = _select(
+            conn,
+            "boots",
+            ("detected_at",),
+            "WHERE detected_at >= ? AND previous_boot_id IS NOT NULL",
+            (now - 3600.0,),
+        )
         rows = _select(
             conn,
             "games",

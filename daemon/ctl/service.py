@@ -26,6 +26,7 @@ TEMPLATE_PYTHON = "/opt/atari-supervisor/.venv/bin/python"
 UNIT_DIR = Path("/etc/systemd/system")
 CONFIG_DIR = Path("/etc/atari-supervisor")
 PROFILE_NAME = "profile.yaml"
+SYSTEMD_RUNNING = Path("/run/systemd/system")
 DATA_DIRS = ("/var/lib/atari-supervisor", "/var/log/atari-supervisor")
 
 
@@ -39,6 +40,7 @@ class Installed:
     profile: Path
     profile_source: Path | None  # None: the installed profile was kept
     group_created: bool
+    restarted: bool  # it was running already, and now runs the new unit and profile
 
 
 def render_unit(template: str, python: str, user: str | None = None) -> str:
@@ -72,6 +74,12 @@ def _require_root_and_systemctl(command: str) -> str:
         raise ServiceError(
             f"{command}: systemctl not found; this host does not run systemd, so "
             "run atari-supervisord directly (see README.md)"
+        )
+    if not SYSTEMD_RUNNING.is_dir():
+        # sd_booted(3)'s test: systemctl exists, but systemd is not PID 1 (e.g. a container).
+        raise ServiceError(
+            f"{command}: systemd is not running here (no {SYSTEMD_RUNNING}); run "
+            "atari-supervisord directly (see README.md)"
         )
     return systemctl
 
@@ -188,15 +196,22 @@ def install(profile: Path | None, user: str | None, python: str = sys.executable
     unit = UNIT_DIR / UNIT_NAME
     _write(unit, unit_text.encode(), 0o644, 0)
     _systemctl(systemctl, "daemon-reload")
-    _systemctl(
-        systemctl,
-        "enable",
-        "--now",
-        UNIT_NAME,
-        hint=" (the unit is installed and enabled; see why with: "
-        "journalctl -u atari-supervisor -b -p warning)",
+    was_running = _is_active(systemctl)
+    hint = (
+        " (the unit is installed and enabled; see why with: "
+        "journalctl -u atari-supervisor -b -p warning)"
     )
-    return Installed(unit, installed_profile, source, group_created)
+    _systemctl(systemctl, "enable", "--now", UNIT_NAME, hint=hint)
+    if was_running:
+        # `enable --now` leaves a running daemon alone: restart it (gracefully, trainers
+        # checkpoint) so the new unit and profile take effect.
+        _systemctl(systemctl, "restart", UNIT_NAME, hint=hint)
+    return Installed(unit, installed_profile, source, group_created, was_running)
+
+
+def _is_active(systemctl: str) -> bool:
+    result = subprocess.run([systemctl, "is-active", "--quiet", UNIT_NAME])
+    return result.returncode == 0
 
 
 def _write(path: Path, data: bytes, mode: int, gid: int) -> None:
@@ -241,7 +256,8 @@ def install_service(profile: Path | None, user: str | None) -> int:
         print(f"kept the installed profile {done.profile}")
     else:
         print(f"profile: {done.profile} (copied from {done.profile_source})")
-    print(f"enabled and started {UNIT_NAME}; follow it with: journalctl -u atari-supervisor -f")
+    started = "restarted (every trainer checkpointed)" if done.restarted else "started"
+    print(f"enabled and {started} {UNIT_NAME}; follow it: journalctl -u atari-supervisor -f")
     return 0
 
 

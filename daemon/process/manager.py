@@ -22,6 +22,7 @@ from daemon.config import Level, Profile
 from daemon.process.os_seam import OsSeam, Proc, rotate_log
 from daemon.process.states import ACTIVE, LIVE, After, BackoffPolicy, Game, State
 from daemon.store import Store
+from daemon.store.schema import Outcome
 
 log = structlog.get_logger("daemon.process")
 
@@ -136,14 +137,13 @@ class ProcessManager:
             if episodes >= g.target:
                 g.done(f"target reached ({episodes}/{g.target} episodes)")
             elif prev in (State.STOPPED.value, State.FATAL.value):
-                g.state = State(prev)  # operator intent and FATAL survive restarts
-                g.reason = f"restored {prev} from the store"
+                g.restored(State(prev), f"restored {prev} from the store")
             else:
-                g.state = State.QUEUED
-                g.reason = (
+                g.restored(
+                    State.QUEUED,
                     f"restored: {episodes}/{g.target} episodes; resumes from its checkpoint"
                     if episodes
-                    else "restored: not started yet"
+                    else "restored: not started yet",
                 )
             self._decide(g, prev, g.reason)
 
@@ -174,10 +174,17 @@ class ProcessManager:
                         f"leftover trainer pid {pid} of a previous daemon: stopped cleanly at start"
                         if alive else "ended while the daemon was down (exit status unknown)"
                     )  # fmt: skip
-                    self.store.run_ended(run_id, now, exit_code=None, signal=None, reason=reason)
+                    self.store.run_ended(
+                        run_id,
+                        now,
+                        exit_code=None,
+                        signal=None,
+                        reason=reason,
+                        outcome=Outcome.STOPPED if alive else Outcome.UNKNOWN,
+                    )
         for name, proc in leftovers.items():
             log.warning("stopping leftover trainer", game=name, pid=proc.pid)
-            self.seam.signal_group(proc, signal.SIGTERM)
+            self._terminate(proc)
         deadline = self.clock.monotonic() + self.profile.stop_grace
         for name, proc in leftovers.items():
             left = max(0.0, deadline - self.clock.monotonic())
@@ -257,15 +264,19 @@ class ProcessManager:
         reached = g.progress.get("status") == "done" or episodes >= g.target
         prev = g.state
         after = g.after
+        outcome = Outcome.CRASH
         if g.state is State.STOPPING:
+            outcome = Outcome.STOPPED
             reason = f"{g.stop_reason}: {text}"
             if g.killed:
                 reason += f" after stop_grace={self.profile.stop_grace:g}s"
             if rc == 0 and reached:
+                outcome = Outcome.DONE
                 g.done(f"target reached ({episodes}/{g.target} episodes) while stopping")
             else:
                 g.exited_while_stopping()
         elif rc == 0 and reached:
+            outcome = Outcome.DONE
             reason = f"target reached ({episodes}/{g.target} episodes): {text}"
             g.done(reason)
         elif code in CONFIG_EXITS:
@@ -279,7 +290,7 @@ class ProcessManager:
             reason = g.reason
         if g.run_id is not None:
             self.store.run_ended(g.run_id, self.clock.now(), exit_code=code, signal=sig,
-                                 reason=reason)  # fmt: skip
+                                 reason=reason, outcome=outcome)  # fmt: skip
             g.run_id = None
         self._decide(g, prev, reason)
         if after is After.RESTART and g.state is State.QUEUED and not self.draining:
@@ -333,8 +344,15 @@ class ProcessManager:
     def _stop(self, g: Game, after: After, reason: str) -> None:
         prev = g.state
         g.stopping(self.clock.monotonic(), self.profile.stop_grace, after, reason)
-        self.seam.signal_group(g.proc, signal.SIGTERM)
+        self._terminate(g.proc)
         self._decide(g, prev, f"{reason}: SIGTERM to process group {g.proc.pid}")
+
+    def _terminate(self, proc: Proc) -> None:
+        # SIGCONT after SIGTERM, as systemd does: a stopped trainer (SIGSTOP, ^Z, a debugger; the
+        # usual cause of a frozen heartbeat) leaves SIGTERM pending until it runs again, so
+        # without it every such stop would wait out stop_grace and end in SIGKILL, no checkpoint.
+        self.seam.signal_group(proc, signal.SIGTERM)
+        self.seam.signal_group(proc, signal.SIGCONT)
 
     def stop_all(self, reason: str, after: After = After.QUEUED) -> int:
         """SIGTERM every live game at once (parallel); the loop's ``tick`` SIGKILLs at the
@@ -355,13 +373,18 @@ class ProcessManager:
     def any_live(self) -> bool:
         return any(g.state in LIVE for g in self.games.values())
 
-    def change_level(self, level: str, reason: str) -> None:
-        """Graceful stop of the running games; they restart with ``level``'s settings."""
+    def change_level(self, level: str, cause: str, *, demotion: bool = False) -> int:
+        """Graceful stop of the running games; they restart with ``level``'s settings.
+        Returns how many were stopped. A demotion is logged at warning, a promotion at info."""
         old, self.level = self.level, level
-        log.info("level change", from_level=old, to_level=level, reason=reason)
-        for g in self.games.values():
-            if g.state in (State.STARTING, State.RUNNING):
-                self._stop(g, After.QUEUED, f"level {old} -> {level}")
+        stopping = [g for g in self.games.values() if g.state in (State.STARTING, State.RUNNING)]
+        (log.warning if demotion else log.info)(
+            "level change: games restart with the new level's settings",
+            from_level=old, to_level=level, cause=cause, games=[g.name for g in stopping],
+        )  # fmt: skip
+        for g in stopping:
+            self._stop(g, After.QUEUED, f"level {old} -> {level}")
+        return len(stopping)
 
     # ------------------------------------------------------------------ operator commands
 
@@ -416,9 +439,9 @@ class ProcessManager:
         """Adopt a reloaded profile: new games queue, targets and settings update; games no
         longer in the profile are stopped. Returns what changed, for the reply."""
         changes = []
+        # The supervisor has already moved to a level of the new profile (``_sync_level``).
+        assert self.level in profile.level_names, self.level
         self.profile, self.policy = profile, _backoff(profile)
-        if self.level not in profile.level_names:
-            self.change_level(profile.start_level, "reload: level no longer in the profile")
         for i, gt in enumerate(profile.games):
             g = self.games.get(gt.name)
             if g is None:

@@ -111,7 +111,7 @@ class Game:
         while self.crashes and mono - self.crashes[0] > policy.storm_window:
             self.crashes.popleft()
         if len(self.crashes) >= policy.storm_crashes:
-            # STARTING -> FATAL, RUNNING -> FATAL
+            # STARTING -> FATAL, RUNNING -> FATAL (QUEUED/BACKOFF -> FATAL: spawn failed)
             self.state = State.FATAL
             self.reason = (
                 f"gave up: entered FATAL, too many crashes (storm_crashes={policy.storm_crashes}"
@@ -134,6 +134,16 @@ class Game:
         # STARTING -> FATAL, RUNNING -> FATAL
         self.state = State.FATAL
         self.reason = f"gave up: entered FATAL, {reason}; fix the profile, then atarictl start"
+
+    def restored(self, stored: State, reason: str) -> None:
+        """At daemon start: an operator's STOPPED and a FATAL survive a restart; every other
+        stored state (the daemon died or stopped under it) queues again, to resume."""
+        assert self.state is State.QUEUED and self.proc is None, self.state
+        if stored in (State.STOPPED, State.FATAL):
+            # QUEUED -> STOPPED, QUEUED -> FATAL (as stored)
+            self.state = stored
+        # otherwise QUEUED stays QUEUED
+        self.reason = reason
 
     def done(self, reason: str) -> None:
         self._exited()
@@ -171,7 +181,7 @@ class Game:
     def requeue(self, reason: str) -> None:
         """Operator ``start`` on STOPPED/FATAL, or a raised target on DONE."""
         assert self.state in (State.STOPPED, State.FATAL, State.DONE, State.QUEUED), self.state
-        # STOPPED -> QUEUED, FATAL -> QUEUED, DONE -> QUEUED
+        # STOPPED -> QUEUED, FATAL -> QUEUED, DONE -> QUEUED (QUEUED stays QUEUED)
         self.state = State.QUEUED
         self.crashes.clear()
         self.delay, self.retry_at, self.reason = None, None, reason

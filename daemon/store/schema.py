@@ -8,6 +8,7 @@ migration is plain DDL: for a handful of additive changes this is clearer than A
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -20,11 +21,26 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
+
+
+class Outcome(StrEnum):
+    """How a run ended (``runs.outcome``): written by the process manager, read by the
+    autoscaler's crash-storm guard, so neither depends on the other's wording of ``reason``."""
+
+    CRASH = "crash"  # died on its own: crash, failed start, config-error exit (FATAL or not)
+    STOPPED = "stopped"  # the daemon or the operator stopped it (incl. SIGKILL after stop_grace)
+    DONE = "done"  # reached its target
+    UNKNOWN = "unknown"  # ended while the daemon was down (exit status lost)
+
+
+# What the crash-storm guard counts.
+CRASH_OUTCOMES = (Outcome.CRASH.value,)
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
@@ -110,6 +126,7 @@ runs = Table(
     Column("exit_code", Integer),
     Column("signal", String),
     Column("reason", Text),
+    Column("outcome", String),  # Outcome; added in schema version 3
 )
 
 telemetry = Table(
@@ -120,6 +137,9 @@ telemetry = Table(
     Column("kind", String, nullable=False),  # gpu | host | process
     Column("payload", JSON, nullable=False),
 )
+
+# A boot row that replaced a known earlier boot: a reboot. The first boot a database sees is not.
+IS_REBOOT = boots.c.previous_boot_id.is_not(None)
 
 # Added in schema version 2 (model registry for atarictl).
 models = Table(
@@ -149,4 +169,20 @@ def _v1_to_v2(conn: Connection) -> None:
     models.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+def _v2_to_v3(conn: Connection) -> None:
+    """``runs.outcome``; older rows are classified from the reason wording of versions 1-2."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN outcome VARCHAR"))
+    conn.execute(
+        text(
+            "UPDATE runs SET outcome = CASE"
+            " WHEN reason LIKE 'crashed:%' OR reason LIKE 'failed start:%'"
+            "   OR reason LIKE 'gave up:%' OR reason LIKE 'spawn failed:%' THEN 'crash'"
+            " WHEN reason LIKE 'target reached%' THEN 'done'"
+            " WHEN reason LIKE 'ended while the daemon was down%' THEN 'unknown'"
+            " ELSE 'stopped' END"
+            " WHERE ended_at IS NOT NULL"
+        )
+    )
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}

@@ -14,7 +14,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,6 +78,23 @@ def _explain(path: Path, e: BaseException) -> StoreError:
             "or move it aside to start from the run dirs (progress is kept there)"
         )
     return StoreError(f"{path}: cannot open database ({msg}); check the file and its directory")
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    key: dict[str, Any],
+    values: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """Insert the row ``key`` or update its ``values`` (one statement: SQLite's ON CONFLICT).
+    ``defaults`` fill columns only when the row is new."""
+    stmt = sqlite_insert(table).values(**{**(defaults or {}), **values, **key})
+    if values:
+        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=values)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    conn.execute(stmt)
 
 
 class Store:
@@ -178,11 +207,7 @@ class Store:
 
     def upsert_game(self, name: str, **fields: Any) -> None:
         with self.begin() as conn:
-            done = conn.execute(update(s.games).where(s.games.c.name == name).values(**fields))
-            if done.rowcount == 0:
-                fields.setdefault("state", "QUEUED")
-                fields.setdefault("target", 0)
-                conn.execute(insert(s.games).values(name=name, **fields))
+            upsert(conn, s.games, {"name": name}, fields, {"state": "QUEUED", "target": 0})
 
     def games(self) -> dict[str, dict[str, Any]]:
         with self.begin() as conn:
@@ -223,12 +248,21 @@ class Store:
         exit_code: int | None,
         signal: str | None,
         reason: str,
+        outcome: s.Outcome | None = None,
     ) -> None:
+        """``outcome`` (crash/stopped/done/unknown) is what the crash-storm guard reads; the
+        process manager always gives it. None leaves the run unclassified (never a crash)."""
         with self.begin() as conn:
             conn.execute(
                 update(s.runs)
                 .where(s.runs.c.id == run_id)
-                .values(ended_at=ended_at, exit_code=exit_code, signal=signal, reason=reason)
+                .values(
+                    ended_at=ended_at,
+                    exit_code=exit_code,
+                    signal=signal,
+                    reason=reason,
+                    outcome=None if outcome is None else outcome.value,
+                )
             )
 
     def open_runs(self) -> list[dict[str, Any]]:
@@ -286,10 +320,12 @@ class Store:
             row = conn.execute(select(s.boots).order_by(s.boots.c.id.desc()).limit(1)).first()
             return dict(row._mapping) if row else None
 
-    def boots_since(self, since: float) -> list[dict[str, Any]]:
-        q = select(s.boots).where(s.boots.c.detected_at >= since).order_by(s.boots.c.id)
+    def reboots_since(self, since: float) -> int:
+        """Boots that replaced a known earlier boot (``schema.IS_REBOOT``); the very first boot
+        a database sees is not a reboot. The autoscaler's guard counts the same rows."""
+        q = select(func.count()).where(s.IS_REBOOT, s.boots.c.detected_at >= since)
         with self.begin() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return int(conn.execute(q).scalar_one())
 
     # ------------------------------------------------------------------ level state
 
@@ -300,11 +336,7 @@ class Store:
 
     def save_level_state(self, **fields: Any) -> None:
         with self.begin() as conn:
-            done = conn.execute(
-                update(s.level_state).where(s.level_state.c.id == 1).values(**fields)
-            )
-            if done.rowcount == 0:
-                conn.execute(insert(s.level_state).values(id=1, **fields))
+            upsert(conn, s.level_state, {"id": 1}, fields)
 
     # ------------------------------------------------------------------ telemetry and models
 
@@ -327,13 +359,7 @@ class Store:
 
     def upsert_model(self, game: str, kind: str, **fields: Any) -> None:
         with self.begin() as conn:
-            done = conn.execute(
-                update(s.models)
-                .where(s.models.c.game == game, s.models.c.kind == kind)
-                .values(**fields)
-            )
-            if done.rowcount == 0:
-                conn.execute(insert(s.models).values(game=game, kind=kind, **fields))
+            upsert(conn, s.models, {"game": game, "kind": kind}, fields)
 
     def models(self) -> list[dict[str, Any]]:
         with self.begin() as conn:

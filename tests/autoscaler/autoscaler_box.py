@@ -14,6 +14,7 @@ from daemon.autoscaler import Autoscaler, Decision
 from daemon.clock import FakeClock
 from daemon.config import AutoscalerPolicy
 from daemon.store import Store
+from daemon.store.schema import Outcome
 
 MIN = 60.0
 HOUR = 3600.0
@@ -66,11 +67,13 @@ class Box:
     def crash(
         self,
         game: str = "Pong",
-        reason: str | None = "crashed: exit 1",
+        reason: str = "crashed: exit 1",
         code: int | None = 1,
         sig: str | None = None,
+        outcome: Outcome = Outcome.CRASH,
     ) -> None:
-        """A trainer run ending now, worded the way the process manager words it."""
+        """A trainer run ending now, classified the way the process manager classifies it
+        (tests/autoscaler/test_autoscaler_supervisor.py checks the real manager's rows)."""
         now = self.clock.now()
         run = self.store.run_started(
             game,
@@ -81,7 +84,7 @@ class Box:
             batch_size=1,
             proc_start_time=None,
         )
-        self.store.run_ended(run, now, exit_code=code, signal=sig, reason=reason)  # type: ignore[arg-type]
+        self.store.run_ended(run, now, exit_code=code, signal=sig, reason=reason, outcome=outcome)
 
     def elapse(self, seconds: float, every: float = 5 * MIN) -> list[Decision]:
         """Let time pass with a stability check every ``every`` seconds (the scheduler's job)."""

@@ -113,6 +113,26 @@ def test_stability_event_promotes_and_the_games_restart_at_medium(sup: Any) -> N
     assert spawned and all(a[a.index("--num-envs") + 1] == "8" for a in spawned)
     status = ask(s, "status")["result"]
     assert (status["level"], status["level_state"]) == ("medium", "medium")
+    # One story: the autoscaler's row says why, the supervisor's says which games restarted.
+    rows = [r for r in s.store.decisions() if r["game"] is None and r["to_state"] == "medium"]
+    assert [r["kind"] for r in rows] == ["level", "process"]
+    assert rows[0]["reason"].startswith("promote: ")
+    assert rows[1]["reason"].startswith("level change light -> medium (autoscaler promote): ")
+    machine_rows = [r["reason"] for r in s.store.decisions() if r["game"] is None]
+    assert len(set(machine_rows)) == len(machine_rows)  # nothing told twice
+
+
+def test_the_crash_guard_counts_what_the_process_manager_calls_a_crash(sup: Any) -> None:
+    s, scaler, fake, clock = sup
+    pong, breakout = s.manager.games["Pong"].proc.pid, s.manager.games["Breakout"].proc.pid
+    fake.exits[pong] = -signal.SIGSEGV  # died on its own
+    assert ask(s, "stop", games=["Breakout"])["ok"]
+    fake.exits[breakout] = -signal.SIGKILL  # the operator's stop, ended by a kill
+    s.loop_once()
+    crashes = scaler.repo.crash_times(0.0)
+    assert crashes == (clock.now(),)
+    outcomes = {r["pid"]: r["outcome"] for r in s.store.runs()}
+    assert (outcomes[pong], outcomes[breakout]) == ("crash", "stopped")
 
 
 def test_reload_hands_the_new_policy_to_the_autoscaler(sup: Any) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import grp
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,6 +235,10 @@ def system_user() -> Iterator[str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating a test user needs root")
+@pytest.mark.skipif(
+    not (shutil.which("useradd") and shutil.which("setpriv")),
+    reason="needs useradd and setpriv (util-linux) to run atarictl as another user",
+)
 def test_socket_refuses_a_user_outside_its_group(daemon: Daemon) -> None:
     st = daemon.socket.stat()
     assert oct(st.st_mode & 0o777) == "0o660"

@@ -266,3 +266,17 @@ def test_service_subcommands_call_the_service_module(monkeypatch: pytest.MonkeyP
     assert cli.main(["install-service"]) == 7
     assert cli.main(["uninstall-service"]) == 0
     assert calls == [(Path("/x.yaml"), "trainer"), (None, None), ("un",)]
+
+
+def test_status_says_when_a_live_daemon_does_not_answer(state: Path) -> None:
+    from daemon.store import Store
+
+    store = Store.open(state / "atari.db")
+    try:
+        # A run with no recorded stop whose pid is alive (this test process stands in for it).
+        store.daemon_started(pid=os.getpid(), boot_id="b00tid-2", at=1.0)
+    finally:
+        store.close()
+    out = atarictl("--state-dir", str(state), "status")
+    assert out.returncode == 3
+    assert out.stdout.startswith(f"daemon NOT ANSWERING (pid {os.getpid()} alive")

@@ -19,7 +19,9 @@ import psutil
 TRAINER_ARGS = '["--learning-starts", "5000", "--threads", "1", "--progress-every", "1"]'
 
 
-def write_profile(path: Path, games: dict[str, int], *, slots: int = 2, extra: str = "") -> Path:
+def write_profile(
+    path: Path, games: dict[str, int], *, slots: int = 2, frozen_after: str = "10m", extra: str = ""
+) -> Path:
     lines = ["games:"] + [f"  {g}: {n}" for g, n in games.items()]
     lines += [
         "levels:",
@@ -29,7 +31,7 @@ def write_profile(path: Path, games: dict[str, int], *, slots: int = 2, extra: s
         "checks: {health: 1s, stability: 1h, telemetry: 5s, report: 1h}",
         "startsecs: 2s",
         "stop_grace: 60s",
-        "frozen_after: 10m",
+        f"frozen_after: {frozen_after}",
         "backoff: {initial: 1s, factor: 2, max: 10s, reset_after: 10m, storm_crashes: 5,"
         " storm_window: 10m}",
         "checkpoint_every: 600s",

@@ -42,17 +42,18 @@ def decisions(d: Daemon, game: str) -> list[tuple[int, str | None, str | None, s
 
 @pytest.mark.slow
 def test_queue_done_crash_restart_graceful_stop_and_resume(tmp_path: Path, daemons) -> None:
-    # Longest target first: CartPole (40) and Pong (30) take the two slots, Breakout (20) waits.
-    profile = write_profile(tmp_path / "p.yaml", {"CartPole-v1": 40, "Pong": 30, "Breakout": 20})
+    # Longest target first: CartPole (40) and Pong (30) take the two slots, Freeway (20) waits.
+    # Pong and Freeway episodes are thousands of steps long: they never reach their targets here.
+    profile = write_profile(tmp_path / "p.yaml", {"CartPole-v1": 40, "Pong": 30, "Freeway": 20})
     d = daemons(profile)
 
     # A tiny target reaches DONE, and the queued game takes the slot.
-    d.wait_states({"CartPole-v1": "DONE", "Pong": "RUNNING", "Breakout": "RUNNING"})
-    cart, brk = decisions(d, "CartPole-v1"), decisions(d, "Breakout")
+    d.wait_states({"CartPole-v1": "DONE", "Pong": "RUNNING", "Freeway": "RUNNING"})
+    cart, fwy = decisions(d, "CartPole-v1"), decisions(d, "Freeway")
     done_id = next(i for i, _, to, _ in cart if to == "DONE")
     assert any(to == "RUNNING" for _, _, to, _ in cart)
-    first_start = next(i for i, _, to, _ in brk if to == "STARTING")
-    assert first_start > done_id, "Breakout must wait in the queue until a slot frees"
+    first_start = next(i for i, _, to, _ in fwy if to == "STARTING")
+    assert first_start > done_id, "Freeway must wait in the queue until a slot frees"
     assert d.progress("CartPole-v1")["episodes"] == 40
 
     # kill -9 of one trainer: BACKOFF, then a restart, recorded with the signal.
@@ -89,7 +90,7 @@ def test_queue_done_crash_restart_graceful_stop_and_resume(tmp_path: Path, daemo
 
     # A restart resumes every unfinished game with its counters intact; DONE stays DONE.
     d2 = daemons(profile, "daemon2")
-    d2.wait_states({"CartPole-v1": "DONE", "Pong": "RUNNING", "Breakout": "RUNNING"})
+    d2.wait_states({"CartPole-v1": "DONE", "Pong": "RUNNING", "Freeway": "RUNNING"})
     for game, prog in before.items():
         pid = d2.games()[game]["pid"]
         now = d2.wait_for(
@@ -109,7 +110,10 @@ def test_queue_done_crash_restart_graceful_stop_and_resume(tmp_path: Path, daemo
 def test_daemon_sigkill_then_new_daemon_neither_duplicates_nor_loses_progress(
     tmp_path: Path, daemons
 ) -> None:
-    profile = write_profile(tmp_path / "p.yaml", {"CartPole-v1": 100000, "Pong": 100000})
+    # frozen_after: generous, since a healthy trainer writes progress.json every second but may
+    # take many seconds to import torch on a loaded 2-core box before its first one.
+    profile = write_profile(tmp_path / "p.yaml", {"CartPole-v1": 100000, "Pong": 100000},
+                            frozen_after="30s")  # fmt: skip
     d = daemons(profile)
     games = d.wait_states({"CartPole-v1": "RUNNING", "Pong": "RUNNING"})
     old = {g: r["pid"] for g, r in games.items()}
@@ -163,6 +167,37 @@ def test_daemon_sigkill_then_new_daemon_neither_duplicates_nor_loses_progress(
         assert "leftover" in ckpts[0]["reason"]
         assert prog["env_steps"] > 0
     assert len(d2.trainer_pids()) == 2
+
+    # A frozen trainer: SIGSTOP keeps the process alive while its heartbeat goes stale. After
+    # frozen_after the daemon restarts it gracefully: SIGTERM then SIGCONT (as systemd does), so
+    # the stopped trainer wakes up, checkpoints and exits 0 well before stop_grace (60s).
+    frozen = d2.games()["CartPole-v1"]["pid"]
+    episodes = d2.progress("CartPole-v1")["episodes"]
+    os.killpg(frozen, signal.SIGSTOP)
+    run = d2.wait_for(
+        "the frozen run recorded",
+        lambda: d2.query("SELECT * FROM runs WHERE pid = ? AND ended_at IS NOT NULL", frozen),
+        timeout=180,
+    )[0]
+    assert run["reason"].startswith("frozen: heartbeat"), run["reason"]
+    assert "frozen_after=30s" in run["reason"] and "graceful restart" in run["reason"]
+    assert (run["exit_code"], run["signal"], run["outcome"]) == (0, None, "stopped")
+    assert d2.progress("CartPole-v1")["status"] == "stopped"  # it checkpointed on the way out
+    stops = [(f, to) for _, f, to, r in decisions(d2, "CartPole-v1") if r.startswith("frozen:")]
+    assert stops[:2] == [("RUNNING", "STOPPING"), ("STOPPING", "QUEUED")], stops
+    d2.wait_for(
+        "CartPole-v1 running again",
+        lambda: (g := d2.games()["CartPole-v1"])["state"] == "RUNNING" and g["pid"] != frozen,
+    )
+    prog = d2.wait_for(
+        "the restarted trainer resumed",
+        lambda: (
+            (pr := d2.progress("CartPole-v1")).get("status") == "running"
+            and pr.get("pid") != frozen
+            and pr
+        ),
+    )
+    assert prog["episodes"] >= episodes
     assert d2.stop(signal.SIGTERM) == 0
 
 

@@ -125,7 +125,7 @@ def test_crash_backs_off_exponentially_with_a_cap_and_records_the_signal(env) ->
     assert waits == [10.0, 20.0]
     run = store.runs("Pong")[0]
     assert run["signal"] == "SIGKILL" and run["exit_code"] is None
-    assert "killed by SIGKILL" in run["reason"]
+    assert "killed by SIGKILL" in run["reason"] and run["outcome"] == "crash"
     # The CartPole game did not take Pong's slot while Pong was backing off.
     assert mgr.games["CartPole-v1"].state is State.QUEUED
 
@@ -215,7 +215,8 @@ def test_frozen_heartbeat_means_graceful_restart(env) -> None:
     clock.advance(1)
     mgr.health()
     assert mgr.games["Pong"].state is State.STOPPING
-    assert (old, signal.SIGTERM) in fake.signals
+    # SIGCONT right after SIGTERM: a SIGSTOPped trainer wakes up to act on it and checkpoint.
+    assert fake.signals[-2:] == [(old, signal.SIGTERM), (old, signal.SIGCONT)]
     fake.exits[old] = 0
     mgr.tick()
     assert mgr.games["Pong"].state is State.STARTING and pid(mgr, "Pong") != old
@@ -223,6 +224,8 @@ def test_frozen_heartbeat_means_graceful_restart(env) -> None:
         "frozen: heartbeat 101s old (frozen_after=100s)" in d["reason"]
         for d in store.decisions(game="Pong")
     )
+    run = store.runs("Pong")[0]
+    assert run["reason"].startswith("frozen: heartbeat") and run["outcome"] == "stopped"
 
 
 def test_target_reached_is_done_and_the_next_game_starts(env) -> None:

@@ -69,19 +69,33 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 def test_older_schema_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    # A version-1 database: the v1 tables only, with data in them.
+    # A version-1 database: the v1 tables only (runs without its v3 outcome), with data in them.
     eng = create_engine(f"sqlite:///{path}")
     with eng.begin() as conn:
         for name in s.V1_TABLES:
             s.metadata.tables[name].create(conn)
+        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN outcome")
         conn.execute(s.schema_version.insert().values(version=1))
         conn.execute(s.games.insert().values(name="Pong", state="QUEUED", target=3, episodes=2))
+        for reason in (
+            "crashed: killed by SIGKILL; restart in 10s",
+            "target reached (3/3)",
+            "operator stop: exit code 0",
+            "failed start: exit code 1",
+            None,
+        ):
+            conn.exec_driver_sql(
+                "INSERT INTO runs (game, pid, started_at, ended_at, reason) "
+                "VALUES ('Pong', 1, 0, ?, ?)", (None if reason is None else 1.0, reason),
+            )  # fmt: skip
     eng.dispose()
     store = Store.open(path)
-    assert store.schema_version() == 2
+    assert store.schema_version() == s.SCHEMA_VERSION == 3
     assert store.games()["Pong"]["episodes"] == 2
     store.upsert_model("Pong", "best", episode=2, return_=1.0, at=1.0, path="best.pt")
     assert store.models()[0]["path"] == "best.pt"
+    # v2 -> v3: the reason wording of old runs becomes the structured outcome.
+    assert [r["outcome"] for r in store.runs()] == ["crash", "done", "stopped", "crash", None]
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:

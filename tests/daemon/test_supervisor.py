@@ -125,8 +125,45 @@ def test_stability_check_changes_the_level_with_a_graceful_restart(sup) -> None:
         fake.exits[pid] = 0
     s.loop_once()
     assert all(g.state is State.STARTING for g in s.manager.games.values())
-    rows = s.store.decisions()
-    assert any(r["kind"] == "level" and r["to_state"] == "medium" for r in rows)
+    # The level source decided; the supervisor records only the restart of the games.
+    rows = [r for r in s.store.decisions() if r["game"] is None and r["to_state"] == "medium"]
+    assert [(r["kind"], r["from_state"]) for r in rows] == [("process", "light")]
+    assert rows[0]["reason"] == (
+        "level change light -> medium (autoscaler decision): graceful stop of 2 running games; "
+        "games restart with medium's settings (games=3, num_envs=8, batch_size=64)"
+    )
+
+
+def test_reload_applies_a_changed_start_level_with_a_fixed_level(sup) -> None:
+    s, fake, _ = sup
+    old = {g.proc.pid for g in s.manager.games.values() if g.proc is not None}
+    Path(s.profile.path).write_text(PROFILE.replace("start_level: light", "start_level: medium"))
+    reply = ask(s, "reload")
+    assert reply["ok"] is True and reply["result"]["changes"] == ["start_level light -> medium"]
+    assert s.level_source.current_level() == s.manager.level == "medium"
+    assert {p for p, sig in fake.signals if sig is signal.SIGTERM} == old
+    for pid in old:
+        fake.exits[pid] = 0
+    s.loop_once()
+    argv = [fake.argv[g.proc.pid] for g in s.manager.games.values() if g.proc is not None]
+    assert len(argv) == 3 and all(a[a.index("--num-envs") + 1] == "8" for a in argv)
+    rows = [(r["kind"], r["reason"].split(":")[0]) for r in s.store.decisions() if not r["game"]]
+    assert rows[-2:] == [
+        ("process", "level change light -> medium (reload)"),
+        ("operator", "reload"),
+    ]
+    last = [r for r in s.store.decisions() if not r["game"]][-1]
+    assert last["reason"] == "reload: start_level light -> medium"
+
+
+def test_status_counts_reboots_not_the_first_boot(sup) -> None:
+    s, _, clock = sup
+    now = clock.now()
+    s.store.record_boot("boot-1", now - 60, previous_boot_id=None)
+    assert ask(s, "status")["result"]["boots_last_hour"] == 0  # first boot seen: no reboot
+    s.store.record_boot("boot-2", now - 30, previous_boot_id="boot-1")
+    s.store.record_boot("boot-3", now - 3700, previous_boot_id="boot-0")  # over an hour ago
+    assert ask(s, "status")["result"]["boots_last_hour"] == 1
 
 
 def test_shutdown_waits_for_every_child_and_marks_a_clean_stop(sup, tmp_path: Path) -> None:

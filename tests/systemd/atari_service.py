@@ -107,8 +107,11 @@ class Service:
         finally:
             conn.close()
 
-    def wait_training(self, timeout: float = 240, min_episodes: int = 0) -> dict[str, dict]:
-        """Wait until every game has exactly one trainer whose progress says running."""
+    def wait_training(
+        self, timeout: float = 240, min_episodes: int = 0, batch_size: int | None = None
+    ) -> dict[str, dict]:
+        """Wait until every game has exactly one trainer whose progress says running (with
+        BATCH_SIZE, when given: the settings of a level)."""
         latest: dict[str, dict] = {}
 
         def ready() -> bool:
@@ -120,6 +123,8 @@ class Service:
                 if progress.get("status") != "running" or progress["pid"] != trainers[game][0]:
                     return False
                 if game == "CartPole-v1" and progress["episodes"] < min_episodes:
+                    return False
+                if batch_size is not None and progress["batch_size"] != batch_size:
                     return False
                 latest[game] = progress
             return True

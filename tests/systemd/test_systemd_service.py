@@ -100,6 +100,12 @@ def test_journal_has_daemon_lines_and_filters_by_priority(service: Service) -> N
     before = service.trainers()
     victim = before["CartPole-v1"][0]
     service.box.run("kill", "-KILL", str(victim))
+    # Until the replacement runs, the victim may still look alive (dying, or not yet reaped).
+    wait_for(
+        lambda: (p := service.progress("CartPole-v1")) is not None and p["pid"] != victim,
+        240,
+        "the killed trainer was never replaced",
+    )
     service.wait_training()
     entries = service.journal_json()
     daemon_lines = [e for e in entries if e.get("_PID") != "1"]
@@ -107,12 +113,10 @@ def test_journal_has_daemon_lines_and_filters_by_priority(service: Service) -> N
     # journald parsed the <N> prefixes: no message keeps one, and priorities vary.
     assert not any(e["MESSAGE"].startswith("<") for e in daemon_lines if "MESSAGE" in e)
     priorities = {int(e["PRIORITY"]) for e in daemon_lines}
-    assert 6 in priorities and 4 in priorities, priorities
+    assert 6 in priorities and priorities & {3, 4}, priorities
     warnings = service.journal_json("-p", "warning")
     assert warnings and all(int(e["PRIORITY"]) <= 4 for e in warnings)
     assert any("CartPole-v1" in e["MESSAGE"] for e in warnings if e.get("_PID") != "1")
-    # Trainer output goes to the per-game files, never to the journal.
-    assert not any("Traceback" in e.get("MESSAGE", "") for e in daemon_lines)
     for game in GAMES:
         assert (service.logs_dir / f"{game}.log").is_file()
 
@@ -152,6 +156,21 @@ def test_watchdog_stall_makes_systemd_restart_it(service: Service) -> None:
     assert _sigkills(service) == []
 
 
+def test_reinstall_keeps_the_profile_and_restarts_gracefully(service: Service) -> None:
+    service.wait_training()
+    main_pid = service.props("MainPID")["MainPID"]
+    result = service.atarictl("install-service")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "kept the installed profile" in result.stdout
+    assert "restarted" in result.stdout
+    assert service.props("MainPID")["MainPID"] != main_pid
+    assert (service.box.root / "etc/atari-supervisor/profile.yaml").read_text() == (
+        PROFILE.read_text()
+    )
+    service.wait_training()
+    assert _sigkills(service) == []
+
+
 def test_stop_waits_for_every_trainer_to_checkpoint(service: Service) -> None:
     service.wait_training()
     stop_started = time.time()
@@ -163,8 +182,14 @@ def test_stop_waits_for_every_trainer_to_checkpoint(service: Service) -> None:
         assert progress is not None
         assert progress["status"] == "stopped", progress
         # checkpoint_every is an hour: this checkpoint was written by the stop itself.
-        assert progress["last_checkpoint_time"] >= stop_started - 1, progress
+        assert progress["last_checkpoint_time"] >= stop_started, progress
+        checkpoints = (service.state_dir / "runs" / game / "checkpoints").iterdir()
+        assert max(path.stat().st_mtime for path in checkpoints) >= stop_started
     assert _sigkills(service) == []
+    # The trainers' own lines went to their per-game files, never to the journal.
+    for game in GAMES:
+        assert "checkpointing and stopping" in (service.logs_dir / f"{game}.log").read_text()
+    assert not any("trainer[" in e.get("MESSAGE", "") for e in service.journal_json())
     last_run = service.query("SELECT clean_shutdown FROM daemon_runs ORDER BY id DESC LIMIT 1")
     assert last_run == [(1,)]
 

@@ -152,3 +152,15 @@ def test_unreachable_by_names_the_blocking_directory(tmp_path: Path) -> None:
     env = Path(shutil.which("env") or "/usr/bin/env")
     assert unreachable_by(nobody, env) is None
     assert unreachable_by(pwd.getpwnam("root"), python) is None
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("systemctl") is None or Path("/run/systemd/system").is_dir(),
+    reason="needs root and a host with systemctl but without a running systemd",
+)
+def test_install_refuses_where_systemd_is_not_running() -> None:
+    result = _run_install({"PATH": os.environ["PATH"]})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "systemd is not running here" in lines[0]
