@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", type=Path, help="a running daemon's atarictl.sock")
     p.add_argument("--calls", type=int, default=50, help="requests per phase (default 50)")
     args = p.parse_args(argv)
+    from daemon.logging import configure_logging
+
+    configure_logging(level="warning")  # keep the table free of the server's info lines
     with contextlib.ExitStack() as stack:
         if args.socket is None:
             from daemon.control.server import ControlServer

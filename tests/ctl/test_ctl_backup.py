@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import atarictl, populate_state
+from ctl_helpers import atarictl, populate_state
 
 from daemon.control import ControlServer
 from daemon.ctl.backup import BackupError, backup, restore, verify

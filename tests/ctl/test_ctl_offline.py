@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import atarictl
+from ctl_helpers import atarictl
 
 from daemon.ctl import formatting as fmt
 from daemon.ctl.logs import follow, last_lines
@@ -241,6 +241,7 @@ def test_duration_format(seconds: float | None, text: str) -> None:
     assert fmt.duration(seconds) == text
 
 
+@pytest.mark.slow  # two doctor runs: torch import and one envpool env each
 def test_doctor_fails_on_a_bad_profile_and_passes_on_cpu_tiny(tmp_path: Path) -> None:
     bad = Path(__file__).parents[1] / "fixtures" / "profiles" / "unknown-level.yaml"
     out = atarictl("--state-dir", str(tmp_path / "st"), "doctor", "--profile", str(bad))
