@@ -21,6 +21,7 @@ from daemon.clock import Clock
 from daemon.config import Level, Profile
 from daemon.process.os_seam import OsSeam, Proc, rotate_log
 from daemon.process.states import ACTIVE, LIVE, After, BackoffPolicy, Game, State
+from daemon.registry import ModelRegistry
 from daemon.store import Store
 from daemon.store.schema import Outcome
 
@@ -89,6 +90,7 @@ class ProcessManager:
         self.games: dict[str, Game] = {
             g.name: Game(g.name, g.target, i) for i, g in enumerate(profile.games)
         }
+        self.models = ModelRegistry(store)
 
     # ------------------------------------------------------------------ paths and records
 
@@ -124,13 +126,22 @@ class ProcessManager:
                 fields[dst] = p[src]
         self.store.upsert_game(g.name, **fields)
 
+    def _read_run_dir(self, g: Game) -> None:
+        """progress.json into ``g.progress``, and the model registry brought up to date."""
+        g.progress = read_progress(self.run_dir(g.name)) or g.progress
+        try:
+            self.models.update(g.name, self.run_dir(g.name))
+        except Exception:
+            # The registry is a view for atarictl: it must never stop supervising.
+            log.exception("model registry update failed", game=g.name)
+
     # ------------------------------------------------------------------ restore
 
     def restore(self) -> None:
         """Rebuild every game from the store and its run dir's progress.json."""
         stored = self.store.games()
         for g in self.games.values():
-            g.progress = read_progress(self.run_dir(g.name))
+            self._read_run_dir(g)
             row = stored.get(g.name, {})
             episodes = int(g.progress.get("episodes") or row.get("episodes") or 0)
             prev = row.get("state")
@@ -233,7 +244,7 @@ class ProcessManager:
         mono, now = self.clock.monotonic(), self.clock.now()
         for g in self.games.values():
             if g.state in LIVE:
-                g.progress = read_progress(self.run_dir(g.name)) or g.progress
+                self._read_run_dir(g)
                 self._persist(g)
             if g.state is State.RUNNING:
                 if g.maybe_reset_backoff(mono, self.policy):
@@ -259,7 +270,7 @@ class ProcessManager:
 
     def _on_exit(self, g: Game, rc: int) -> None:
         code, sig, text = describe_exit(rc)
-        g.progress = read_progress(self.run_dir(g.name)) or g.progress
+        self._read_run_dir(g)
         episodes = int(g.progress.get("episodes") or 0)
         reached = g.progress.get("status") == "done" or episodes >= g.target
         prev = g.state
@@ -333,7 +344,8 @@ class ProcessManager:
     def _fill_slots(self) -> None:
         if self.draining:
             return
-        # While a level change drains, start nothing: old and new load must not overlap.
+        # While a level change drains, start nothing: old and new load must not overlap. (An
+        # operator start of a stopping game also pauses the queue, for that one stop.)
         if any(g.state is State.STOPPING and g.after is After.QUEUED for g in self.games.values()):
             return
         for g in self.queue_order()[: self.free_slots()]:
@@ -405,6 +417,8 @@ class ProcessManager:
                 prev = g.state
                 g.requeue("operator start")
                 self._decide(g, prev, "operator start", kind="operator")
+            elif g.state is State.STOPPING and g.after is After.STOPPED:
+                self._start_once_stopped(g, "operator start")
             out[g.name] = g.state.value
         self._fill_slots()
         return {n: self.games[n].state.value for n in out}
@@ -421,10 +435,20 @@ class ProcessManager:
                 self._decide(g, prev, "operator stop", kind="operator")
         return {g.name: g.state.value for g in self._select(names)}
 
+    def _start_once_stopped(self, g: Game, reason: str) -> None:
+        """Start (or restart) of a game an operator stop is stopping: like supervisorctl, it
+        takes effect once the process has exited. The trainer is checkpointing, so it is not
+        interrupted; it queues then, and takes a slot like any queued game."""
+        g.after = After.QUEUED
+        g.reason = f"{reason} while stopping: queued once stopped"
+        self._decide(g, State.STOPPING, g.reason, kind="operator")
+
     def restart(self, names: list[str]) -> dict[str, str]:
         for g in self._select(names):
             if g.state in (State.STARTING, State.RUNNING):
                 self._stop(g, After.RESTART, "operator restart")
+            elif g.state is State.STOPPING and g.after is After.STOPPED:
+                self._start_once_stopped(g, "operator restart")
             elif g.state in (State.STOPPED, State.FATAL, State.BACKOFF):
                 prev = g.state
                 if g.state is State.BACKOFF:

@@ -42,7 +42,8 @@ class After(StrEnum):
     """What a STOPPING game becomes once its process has exited."""
 
     STOPPED = "STOPPED"  # operator stop
-    QUEUED = "QUEUED"  # level change / shutdown: resume later from the checkpoint
+    # level change / shutdown / operator start while stopping: resume from the checkpoint
+    QUEUED = "QUEUED"
     RESTART = "RESTART"  # frozen heartbeat or operator restart: start again at once
 
 

@@ -88,6 +88,48 @@ def test_stop_and_start_through_requests(sup) -> None:
     assert ask(s, "start", games=["Pong"])["result"]["games"] == {"Pong": "QUEUED"}
 
 
+def test_start_of_a_stopping_game_takes_effect_once_it_has_stopped(sup) -> None:
+    s, fake, clock = sup
+    pong = s.manager.games["Pong"].proc.pid
+    assert ask(s, "stop", games=["Pong"])["result"]["games"] == {"Pong": "STOPPING"}
+    # supervisorctl semantics: the stop is not interrupted (the trainer is checkpointing)...
+    assert ask(s, "start", games=["Pong"])["result"]["games"] == {"Pong": "STOPPING"}
+    assert [sig for p, sig in fake.signals if p == pong] == [signal.SIGTERM, signal.SIGCONT]
+    row = next(r for r in ask(s, "status")["result"]["games"] if r["game"] == "Pong")
+    assert row["state"] == "STOPPING" and "queued once stopped" in row["reason"]
+    # ...it ends in SIGKILL after stop_grace (30s) here, and only then does the start apply.
+    clock.advance(29.9)
+    s.loop_once()
+    assert s.manager.games["Pong"].state is State.STOPPING
+    clock.advance(0.1)
+    s.loop_once()
+    assert (pong, signal.SIGKILL) in fake.signals
+    fake.exits[pong] = -signal.SIGKILL
+    s.loop_once()
+    g = s.manager.games["Pong"]
+    # Pong has the longest target, so it takes its freed slot back ahead of CartPole.
+    assert g.state is State.STARTING and g.proc.pid != pong
+    assert s.manager.games["CartPole-v1"].state is State.QUEUED
+    rows = s.store.decisions(game="Pong")
+    pending = [r for r in rows if "queued once stopped" in r["reason"]]
+    assert pending and pending[0]["kind"] == "operator"
+    assert [r["to_state"] for r in rows[rows.index(pending[0]) :]] == [
+        "STOPPING", "QUEUED", "STARTING"]  # fmt: skip
+
+
+def test_stop_after_a_pending_start_wins_and_restart_also_waits(sup) -> None:
+    s, fake, _ = sup
+    pong, brk = (s.manager.games[n].proc.pid for n in ("Pong", "Breakout"))
+    ask(s, "stop", games=["Pong", "Breakout"])
+    ask(s, "start", games=["Pong"])
+    ask(s, "stop", games=["Pong"])  # the last word is the operator's: stay stopped
+    assert ask(s, "restart", games=["Breakout"])["result"]["games"] == {"Breakout": "STOPPING"}
+    fake.exits[pong] = fake.exits[brk] = 0
+    s.loop_once()
+    assert s.manager.games["Pong"].state is State.STOPPED
+    assert s.manager.games["Breakout"].state is State.STARTING
+
+
 def test_registered_command_runs_in_the_loop(sup) -> None:
     s, _, _ = sup
     seen: list[str] = []

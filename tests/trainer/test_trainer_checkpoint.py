@@ -67,6 +67,11 @@ def test_disk_full_at_the_write_seam_keeps_the_old_checkpoint(tmp_path: Path) ->
     assert state["counters"]["env_steps"] == 1
 
 
+def _writing(ckpt_dir: Path, pid: int) -> bool:
+    # Only this trainer's temp file: a killed predecessor's may still lie around.
+    return any(p.name.endswith(f".tmp{pid}") for p in ckpt_dir.iterdir())
+
+
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_20_times(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -78,7 +83,7 @@ def test_sigkill_during_checkpoint_writes_20_times(tmp_path: Path) -> None:
     rng = np.random.default_rng(2024)
     newest_seq = 0
     mid_write = 0
-    for _ in range(20):
+    for i in range(20):
         proc = start(argv, tmp_path / "trainer.log")
         try:
 
@@ -87,12 +92,20 @@ def test_sigkill_during_checkpoint_writes_20_times(tmp_path: Path) -> None:
                 return bool(found) and found[0][0] > floor
 
             wait_for(advanced, proc, 60, "a new checkpoint")
-            time.sleep(float(rng.uniform(0.0, 0.4)))
+            if i % 2:
+                # Every other kill aims inside a write: wait for a temp file, then a random
+                # few milliseconds into it (a write of ~14 MB plus fsync).
+                wait_for(
+                    lambda pid=proc.pid: _writing(ckpt_dir, pid), proc, 30, "a checkpoint write"
+                )
+                time.sleep(float(rng.uniform(0.0, 0.005)))
+            else:
+                time.sleep(float(rng.uniform(0.0, 0.4)))
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
             kill_group(proc)
-        mid_write += any(p.name.endswith(".tmp" + str(proc.pid)) for p in ckpt_dir.iterdir())
+        mid_write += _writing(ckpt_dir, proc.pid)
         files = checkpoint.list_checkpoints(ckpt_dir)
         # Renames are atomic: every named checkpoint is complete, so the newest one loads.
         for _, path in files:
