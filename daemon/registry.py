@@ -12,7 +12,7 @@ progress.json (rewritten after every checkpoint, read up to a health interval la
 ``latest``: the newest checkpoint that verifies: ``episode`` = its episode count, ``return_`` = its
 avg100 (mean of the window it holds), ``at`` = its ``time``. ``best``: ``best.pt``: ``episode`` =
 the episode count when it was exported, ``return_`` = its avg100 score, ``at`` = the file's mtime.
-A file is read again only when its (size, mtime) changes, and a row is written only when it
+A file is read again only when its (inode, size, mtime) changes, and a row is written only when it
 differs from what the store holds (every commit is an fsync).
 """
 
@@ -40,7 +40,8 @@ HEADER = struct.Struct("<8s32sQ")
 CKPT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 _CHUNK = 1 << 20
 
-Ident = tuple[int, int]  # (size, mtime_ns): a replaced or rewritten file gets a new one
+# (inode, size, mtime_ns): the trainer replaces files by rename, so a new file is a new inode
+Ident = tuple[int, int, int]
 Row = dict[str, Any]
 
 
@@ -135,7 +136,7 @@ def _ident(path: Path) -> Ident | None:
         st = path.stat()
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class ModelRegistry:

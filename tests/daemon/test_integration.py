@@ -6,6 +6,7 @@ settings are tiny (tests/daemon/harness.py) so that two trainers fit on a 2-core
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,6 +56,22 @@ def test_queue_done_crash_restart_graceful_stop_and_resume(tmp_path: Path, daemo
     first_start = next(i for i, _, to, _ in fwy if to == "STARTING")
     assert first_start > done_id, "Freeway must wait in the queue until a slot frees"
     assert d.progress("CartPole-v1")["episodes"] == 40
+
+    # The model registry holds the real trainer's final checkpoint and best export, read from
+    # the files themselves, and atarictl lists them from the store.
+    final = d.progress("CartPole-v1")
+    models = {r["kind"]: r for r in d.query("SELECT * FROM models WHERE game = 'CartPole-v1'")}
+    latest, best = models["latest"], models["best"]
+    assert (latest["episode"], latest["return_"]) == (40, final["avg100"])
+    assert Path(latest["path"]).parent == d.state / "runs" / "CartPole-v1" / "checkpoints"
+    assert latest["at"] == pytest.approx(final["last_checkpoint_time"], abs=5)
+    assert (best["episode"], best["return_"]) == (40, final["best_return"])
+    assert best["path"] == str(d.state / "runs" / "CartPole-v1" / "best.pt")
+    ctl = [sys.executable, "-m", "daemon.ctl", "--state-dir", str(d.state), "models", "--json"]
+    out = subprocess.run(ctl, capture_output=True, text=True, timeout=120)
+    listed = {(r["game"], r["kind"]): r for r in json.loads(out.stdout)["models"]}
+    assert listed[("CartPole-v1", "latest")]["source"] == "registry"
+    assert listed[("CartPole-v1", "latest")]["path"] == latest["path"]
 
     # kill -9 of one trainer: BACKOFF, then a restart, recorded with the signal.
     victim = d.games()["Pong"]["pid"]

@@ -114,6 +114,7 @@ def test_sigkill_during_checkpoint_writes_20_times(tmp_path: Path) -> None:
         assert got is not None and got[1] == files[0][1]
         assert files[0][0] > newest_seq
         newest_seq = files[0][0]
+    print(f"{mid_write}/20 SIGKILLs landed inside a checkpoint write")
     # The kills must really land inside writes, or this test proves nothing.
     assert mid_write >= 5, f"only {mid_write}/20 kills hit a checkpoint write"
 
