@@ -47,6 +47,7 @@ def test_sigterm_then_resume_with_other_sizes(tmp_path: Path) -> None:
         took = _stop(proc, log1)
     finally:
         kill_group(proc)
+    print(f"SIGTERM (twice) -> exit 0 in {took:.2f} s")
     assert took < STOP_BOUND_S, f"stop took {took:.1f} s"
     final = read_progress(run_dir)
     assert final is not None and final["status"] == "stopped"
