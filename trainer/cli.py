@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from trainer.args import EXIT_RUN_DIR, UsageError, parse
+from trainer.signals import StopFlag
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.bench import main as bench_main
 
         return bench_main(argv[1:])
+    # Before torch/envpool are imported (seconds): an early SIGTERM is then a graceful stop.
+    stop = StopFlag().install()
     try:
         args = parse(argv)
         _check_run_dir(args.run_dir)
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError("atari-trainer: error: --device cuda but no CUDA GPU is visible")
         from trainer.train import main as train_main
 
-        return train_main(args)
+        return train_main(args, stop=stop)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return exc.code

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ from trainer.envs import EpisodeTracker, env_spec, make_envs
 from trainer.network import make_qnetwork
 from trainer.progress import EpisodeStats, RunFiles
 from trainer.replay import Replay, capacity_for
+from trainer.signals import StopFlag
 
 log = logging.getLogger("trainer")
 
@@ -34,24 +33,6 @@ class SystemClock:
 
     def now(self) -> float:
         return time.time()
-
-
-@dataclass
-class StopFlag:
-    """Signal handlers only record the signal; the loop decides when to stop."""
-
-    signals: list[int] = field(default_factory=list)
-
-    def __call__(self, signum: int, _frame: Any) -> None:
-        self.signals.append(signum)
-
-    @property
-    def set(self) -> bool:
-        return bool(self.signals)
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self)
-        signal.signal(signal.SIGINT, self)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,10 +90,10 @@ def learn(
     return float(loss.detach())
 
 
-def main(args: Args, clock: Clock | None = None) -> int:
+def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -> int:
     clock = clock or SystemClock()
-    stop = StopFlag()
-    stop.install()
+    # The CLI installs the flag before the heavy imports; a direct caller gets one here.
+    stop = stop or StopFlag().install()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -28,6 +28,18 @@ RestartSec=1s
 """
 
 
+def _bind_private_tmp_paths() -> str:
+    """A checkout or venv under /tmp (e.g. a CI clone in /tmp/ci-check) is invisible to the
+    service, whose PrivateTmp=yes gives it an empty /tmp (203/EXEC). Bind those paths back in,
+    read-only, rather than weakening the unit under test; systemd mounts them over its private
+    /tmp. A checkout anywhere else needs nothing."""
+    private = (Path("/tmp"), Path("/var/tmp"))
+    paths = [
+        p for p in map(Path, Sandbox.keep_paths()) if any(p == d or d in p.parents for d in private)
+    ]
+    return "".join(f"BindReadOnlyPaths={p}\n" for p in paths)
+
+
 class Service:
     def __init__(self, box: Sandbox) -> None:
         self.box = box
@@ -45,7 +57,7 @@ class Service:
     def write_dropin(self) -> None:
         where = "/etc/systemd/system/atari-supervisor.service.d"
         self.box.run("mkdir", "-p", where)
-        self.box.run("tee", f"{where}/test.conf", input=DROPIN)
+        self.box.run("tee", f"{where}/test.conf", input=DROPIN + _bind_private_tmp_paths())
 
     def atarictl(self, *args: str, timeout: float = 300) -> Any:
         """Run atarictl inside the sandbox, with the venv's interpreter like an operator would."""

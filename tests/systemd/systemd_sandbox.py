@@ -200,7 +200,7 @@ class Sandbox:
                     "atari-sandbox",
                     str(self.root),
                     self.boot_id,
-                    *self._keep_paths(),
+                    *self.keep_paths(),
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -218,7 +218,7 @@ class Sandbox:
         return self
 
     @staticmethod
-    def _keep_paths() -> list[str]:
+    def keep_paths() -> list[str]:
         """The checkout and the interpreter, where the sandbox would hide them."""
         hidden = ("/tmp", "/var", "/run", "/dev/shm")
         wanted = {REPO, Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent}

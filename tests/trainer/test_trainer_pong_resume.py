@@ -98,3 +98,31 @@ def test_sigterm_then_resume_with_other_sizes(tmp_path: Path) -> None:
     p2 = read_progress(run_dir)
     assert p2 is not None and p2["status"] == "stopped" and p2["num_envs"] == 4
     assert p2["replay_size"] < 20000
+
+
+def _catches_sigterm(pid: int) -> bool:
+    # SigCgt is the mask of signals with a handler; SIGTERM is bit 15 (1-based).
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_sigterm_during_startup_is_a_graceful_stop(tmp_path: Path) -> None:
+    """A level change can SIGTERM a trainer that has not started training yet: that is a graceful
+    stop (exit 0, status stopped), not death by signal 15. The CLI installs the handler before
+    importing torch, which shrinks the window where SIGTERM kills to interpreter start-up."""
+    run_dir = tmp_path / "run"
+    log = tmp_path / "trainer.log"
+    proc = start([*PONG_TINY, "--episodes", "5", "--run-dir", str(run_dir), "--num-envs", "2",
+                  "--batch-size", "16"], log)  # fmt: skip
+    try:
+        wait_for(lambda: _catches_sigterm(proc.pid), proc, 60, "the SIGTERM handler")
+        assert read_progress(run_dir) is None, "the signal should land before training starts"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+        progress = read_progress(run_dir)
+        assert progress is not None and progress["status"] == "stopped"
+        assert progress["episodes"] == 0
+    finally:
+        kill_group(proc)
