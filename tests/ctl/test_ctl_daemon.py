@@ -168,13 +168,22 @@ def test_reload_rejects_an_invalid_profile_and_keeps_running(daemon: Daemon) -> 
     assert out.returncode == 0 and out.stdout.startswith("reloaded "), out
 
 
+def _ctrl_c_delivered() -> None:
+    # As on a terminal. A runner started in the background (`cmd &` in a script, as CI may do)
+    # passes SIGINT down as ignored, and Python then never turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_tail_and_follow(daemon: Daemon) -> None:
+    # The trainer logs a line per checkpoint (every 2 s); run alone, this test may come early.
+    game_log = daemon.state / "logs" / "CartPole-v1.log"
+    daemon.wait_for("3 lines in the game log", lambda: len(game_log.read_text().splitlines()) >= 3)
     out = daemon.ctl("tail", "-n", "3", "CartPole-v1")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 3
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon.ctl", "--state-dir", str(daemon.state), "tail", "-f",
          "-n", "0", "CartPole-v1"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_delivered,
     )  # fmt: skip
     try:
         # The trainer checkpoints every 2 s and logs it: a new line must arrive.
@@ -189,7 +198,7 @@ def test_status_watch_refreshes(daemon: Daemon) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemon.ctl", "--state-dir", str(daemon.state), "status",
          "--watch", "0.3", "--json"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_delivered,
     )  # fmt: skip
     try:
         frames = [json.loads(proc.stdout.readline()) for _ in range(3)] if proc.stdout else []
