@@ -164,8 +164,11 @@ class ModelRegistry:
             self.store.upsert_model(game, kind, **row)
             self.rows[(game, kind)] = row
             written.append(kind)
-            log.info("model registry", game=game, kind=kind, episode=row["episode"],
-                     avg100=row["return_"], path=row["path"])  # fmt: skip
+            # A new best model is news; a new latest checkpoint comes every checkpoint_every and
+            # would flood the journal at info.
+            emit = log.info if kind == "best" else log.debug
+            emit("model registry", game=game, kind=kind, episode=row["episode"],
+                 avg100=row["return_"], path=row["path"])  # fmt: skip
         return written
 
     def _newest_valid(self, ckpt_dir: Path) -> Row | None:

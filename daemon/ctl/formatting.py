@@ -242,7 +242,7 @@ def format_status(st: dict[str, Any]) -> str:
     )
     boots = st["boots_last_hour"]
     lines.append(
-        f"level {level}{in_level} · {pin} · boots in last hour: {'-' if boots is None else boots}"
+        f"level {level}{in_level} · {pin} · reboots in last hour: {'-' if boots is None else boots}"
     )
     nd = st["next_decision"]
     if nd and (nd.get("what") or nd.get("at")):

@@ -24,7 +24,7 @@ def test_status_reads_the_database_when_the_daemon_is_down(state: Path) -> None:
     assert out.returncode == 3, out.stderr  # LSB: program is not running
     assert "daemon DOWN" in out.stdout and "read-only view" in out.stdout
     assert "level light" in out.stdout
-    assert "boots in last hour: 1" in out.stdout
+    assert "reboots in last hour: 1" in out.stdout
     pong = next(line for line in out.stdout.splitlines() if line.startswith("Pong "))
     assert pong.split()[:5] == ["Pong", "STOPPED", "-", "-", "3/5"]
 
@@ -218,7 +218,7 @@ def test_status_formatting_from_a_recorded_daemon_reply() -> None:
     assert st["total_eta_s"] == pytest.approx(4 * 3600)  # one slot: 2h + 2h in sequence
     assert st["projected_cost"] == pytest.approx(10.0)
     text = fmt.format_status(st)
-    assert "level medium for 1h01m · pinned (medium) · boots in last hour: 2" in text
+    assert "level medium for 1h01m · pinned (medium) · reboots in last hour: 2" in text
     assert "next decision: promote check in 10m00s" in text
     assert "H100 87% util, 40.0/80.0 GiB, 61°C" in text
     assert text.rstrip().endswith("total ETA 4h00m · projected cost $10.00 at $2.5/h")
