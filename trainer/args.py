@@ -166,6 +166,9 @@ def validate(a: Args) -> Args:
     _positive("--replay-ratio", a.replay_ratio)
     _positive("--learning-starts", a.learning_starts, allow_zero=True)
     _positive("--lr", a.lr)
+    _positive("--adam-eps", a.adam_eps)
+    # A negative clip norm flips every gradient (clip_grad_norm_ scales by max_norm / norm).
+    _positive("--max-grad-norm", a.max_grad_norm)
     _positive("--n-step", a.n_step)
     _positive("--target-update", a.target_update)
     _positive("--eps-decay-steps", a.eps_decay_steps)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.checkpoint import write_atomic
+
+log = logging.getLogger("trainer")
 
 
 class EpisodeStats:
@@ -71,11 +75,21 @@ class RunFiles:
         write_atomic(self.progress_path, (json.dumps(data, indent=1) + "\n").encode())
 
     def append_episode(self, record: dict[str, Any]) -> None:
-        if self._episodes_file is None:
-            self._episodes_file = open(self.episodes_path, "a", buffering=1)  # noqa: SIM115
-        self._episodes_file.write(json.dumps(record) + "\n")
+        # Like a failed checkpoint or progress write (disk full), a failed log line must not
+        # kill the run and lose everything since the last checkpoint: log it, reopen next time.
+        try:
+            if self._episodes_file is None:
+                self._episodes_file = open(self.episodes_path, "a", buffering=1)  # noqa: SIM115
+            self._episodes_file.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            log.error("could not append to %s: %s", self.episodes_path, exc)
+            if self._episodes_file is not None:
+                with contextlib.suppress(OSError):
+                    self._episodes_file.close()
+                self._episodes_file = None
 
     def close(self) -> None:
         if self._episodes_file is not None:
-            self._episodes_file.close()
+            with contextlib.suppress(OSError):
+                self._episodes_file.close()
             self._episodes_file = None

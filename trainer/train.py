@@ -147,7 +147,9 @@ def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -
     tracker = EpisodeTracker(args.num_envs)
     n = args.num_envs
     best_needs = min(100, args.episodes)
-    best_written = best_weights is not None and files.best_path.exists()
+    # best.pt is exported after the checkpoint rename: a kill in between, or a failed export,
+    # leaves it older than the restored best_weights. Re-export once on the first checkpoint.
+    best_written = False
     ckpt_failed = False
     learn_t0: float | None = None
     learn_steps0 = env_steps
@@ -203,15 +205,18 @@ def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -
         t0 = clock.monotonic()
         try:
             path = checkpoint.save(files.ckpt_dir, state, args.keep_checkpoints)
-            if best_weights is not None and not best_written:
-                export_best(best_weights, stats.best)
-                best_written = True
         except OSError as exc:
             # Disk full and friends: the previous checkpoint is intact; keep training.
             log.error("checkpoint failed, previous checkpoint kept: %s", exc)
             return False
         last_ckpt_time = clock.now()
         log.info("checkpoint %s in %.2f s", path.name, clock.monotonic() - t0)
+        if best_weights is not None and not best_written:
+            try:
+                export_best(best_weights, stats.best)
+                best_written = True
+            except OSError as exc:  # the checkpoint holds best_weights: retried next time
+                log.error("could not export %s: %s", files.best_path, exc)
         return True
 
     def export_best(weights: dict[str, torch.Tensor], score: float | None) -> None:

@@ -27,6 +27,8 @@ def test_unknown_game_suggests_close_names(tmp_path: Path) -> None:
         ("--num-envs", "0", "--num-envs must be >= 1, got 0"),
         ("--episodes", "-3", "--episodes must be >= 1, got -3"),
         ("--gamma", "1.5", "--gamma must be in (0, 1], got 1.5"),
+        ("--max-grad-norm", "-1", "--max-grad-norm must be > 0, got -1.0"),
+        ("--adam-eps", "-0.0001", "--adam-eps must be > 0, got -0.0001"),
     ],
 )
 def test_bad_numbers_exit_2(tmp_path: Path, flag: str, value: str, text: str) -> None:
