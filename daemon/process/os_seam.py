@@ -27,6 +27,7 @@ from daemon.sdnotify import child_environment
 @dataclass
 class Proc:
     pid: int
+    # Seconds after boot at which the kernel started the process (see _create_time).
     create_time: float | None
     popen: subprocess.Popen[bytes] | None = None  # None for a process we did not spawn
 
@@ -95,11 +96,24 @@ class RealOs:
         return 0
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def _create_time(pid: int) -> float | None:
+    """The process's start time in seconds after boot, from the kernel's exact start ticks.
+
+    Not psutil's ``create_time()``: that adds /proc/stat's btime, which is derived from the wall
+    clock and shifts by a second (rounding) or more (NTP steps) between two reads, so an
+    identity check on it could take a running leftover trainer for a gone one and start a
+    second trainer on its run dir.
+    """
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
+    # comm (field 2) may contain spaces and ')': the fields resume after the last ')'.
+    # starttime is field 22; the first field after comm is field 3, hence index 19.
+    return int(stat[stat.rindex(")") + 2 :].split()[19]) / _CLK_TCK
 
 
 def is_same_process(pid: int, create_time: float | None) -> bool:
@@ -108,7 +122,11 @@ def is_same_process(pid: int, create_time: float | None) -> bool:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
-        return create_time is None or abs(p.create_time() - create_time) < 1.0
+        if create_time is None:
+            return True
+        started = _create_time(pid)
+        # Same tick, same process: a reused pid starts at a later tick.
+        return started is not None and round(started * _CLK_TCK) == round(create_time * _CLK_TCK)
     except psutil.Error:
         return False
 
@@ -143,9 +161,9 @@ def find_leftover(pid: int, create_time: float | None, run_dir: Path) -> Proc | 
     try:
         p = psutil.Process(pid)
         cmd = p.cmdline()
-        ctime = p.create_time()
     except psutil.Error:
         return None
+    ctime = _create_time(pid)
     if "trainer" not in cmd or str(run_dir) not in cmd:
         return None
     return Proc(pid, ctime)

@@ -88,3 +88,40 @@ def test_rotate_log_keeps_backups_and_truncates_in_place(tmp_path: Path) -> None
     assert (tmp_path / "Pong.log.2").read_text().startswith("round 1")
     assert not (tmp_path / "Pong.log.3").exists()
     assert not rotate_log(log, max_bytes=1024, backups=2)
+
+
+# Renames itself to a comm with spaces and ')' (as any process may), then waits.
+ODD_COMM = (
+    "import ctypes, time\n"
+    "ctypes.CDLL(None).prctl(15, b'x) y (z', 0, 0, 0)\n"  # PR_SET_NAME
+    "print('renamed', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_start_time_is_the_kernels_start_tick_not_wall_clock_arithmetic(tmp_path: Path) -> None:
+    """The identity of a leftover trainer rests on its start time. psutil's create_time() adds
+    /proc/stat's btime, which moves with the wall clock; ours is the kernel's start tick after
+    boot, read from /proc/PID/stat even when the process name holds spaces and ')'."""
+    import psutil
+
+    seam = RealOs()
+    log = tmp_path / "odd.log"
+    proc = seam.spawn([sys.executable, "-c", ODD_COMM, "trainer", "--run-dir", str(tmp_path)],
+                      tmp_path, log)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "renamed" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert psutil.Process(proc.pid).name() == "x) y (z"
+        assert proc.create_time is not None
+        # Seconds after boot: agrees with psutil's wall-clock figure minus btime to a second.
+        since_boot = psutil.Process(proc.pid).create_time() - psutil.boot_time()
+        assert abs(proc.create_time - since_boot) < 1.0
+        assert is_same_process(proc.pid, proc.create_time)
+        assert not is_same_process(proc.pid, proc.create_time + 0.5)  # half a second later
+        found = find_leftover(proc.pid, proc.create_time, tmp_path)
+        assert found is not None and found.create_time == proc.create_time
+    finally:
+        seam.signal_group(proc, signal.SIGKILL)
+        seam.wait(proc, 30)
