@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -56,6 +56,14 @@ class CommandError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _trainer_settings(profile: Profile, level: str) -> tuple[Any, ...]:
+    """What a trainer of ``level`` is started with (``trainer_argv``), but the game's own. The
+    level's slot count is not among them: more slots just fill (fewer restart the games)."""
+    lv = profile.level(level)
+    return (replace(lv, games=1), tuple(profile.trainer_args), profile.device, profile.seed,
+            profile.checkpoint_every)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- events
@@ -388,7 +396,20 @@ class Supervisor:
             hook(profile)  # the autoscaler adopts the new policy (and may move its state)
         # The level first (the old one may be gone from the profile), then the games; slots
         # fill only once a level change has drained.
+        before = self.manager.level
         self._sync_level("reload")
+        if self.manager.level == before and not self.stopping:
+            # Same level, edited settings: the running games would keep the old ones (and a
+            # lowered ``games`` would leave too many running), so restart them like a level
+            # change does.
+            was, new = (
+                _trainer_settings(self.manager.profile, before),
+                _trainer_settings(profile, before),
+            )
+            fewer = profile.level(before).games < self.manager.profile.level(before).games
+            if was != new or fewer:
+                n = self.manager.change_level(before, "reload: settings changed")
+                changes.append(f"level {before} settings changed: {n} running games restart")
         changes += self.manager.set_profile(profile)
         self.store.record_decision(
             self.clock.now(), "operator", "reload: " + ("; ".join(changes) or "no game changes")

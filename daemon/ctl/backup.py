@@ -379,6 +379,12 @@ def _restore_locked(
     placed: list[Path] = []
     stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = state / f"pre-restore-{stamp}"
+    n = 1
+    while aside.exists():
+        # Two restores within one second: never rename the current state over the kept copy
+        # of an earlier one (a file rename replaces silently; that copy would be lost).
+        n += 1
+        aside = state / f"pre-restore-{stamp}-{n}"
     try:
         _walk(archive, stage)  # second pass writes and re-hashes what lands on disk
         conn = sqlite3.connect(stage / DB_NAME)

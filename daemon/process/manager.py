@@ -396,6 +396,16 @@ class ProcessManager:
         )  # fmt: skip
         for g in stopping:
             self._stop(g, After.QUEUED, f"level {old} -> {level}")
+        for g in self.games.values():
+            # Neither a pending restart nor a backoff retry may start a trainer while the old
+            # level drains (old and new load would overlap), nor beyond the new level's slots
+            # (a demotion): they queue, and take a slot once the drain is over. The crash
+            # history stays, so a crash storm still ends in FATAL.
+            if g.state is State.STOPPING and g.after is After.RESTART:
+                g.after = After.QUEUED
+            elif g.state is State.BACKOFF:
+                g.stopped_without_process(After.QUEUED, f"level {old} -> {level}: queued")
+                self._decide(g, State.BACKOFF, g.reason)
         return len(stopping)
 
     # ------------------------------------------------------------------ operator commands

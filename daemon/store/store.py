@@ -122,6 +122,11 @@ class Store:
 
     def _check_and_migrate(self) -> None:
         with self.engine.begin() as conn:
+            # pysqlite opens a transaction only before DML, so without this a migration's DDL
+            # (ALTER TABLE) would commit on its own: a failure midway would leave a half-migrated
+            # file at the old version that no later open could migrate. IMMEDIATE also takes the
+            # write lock first, so two processes opening an old file migrate it one at a time.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
             # quick_check reads every page header: a corrupt file fails here, not mid-run.
             result = conn.exec_driver_sql("PRAGMA quick_check").scalar()
             if result != "ok":

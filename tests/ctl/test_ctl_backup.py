@@ -71,6 +71,18 @@ def test_restore_over_existing_state_keeps_the_previous_one(state: Path, tmp_pat
     assert (previous / "atari.db").is_file()
 
 
+def test_two_restores_in_one_second_keep_both_previous_states(state: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar.gz"
+    backup(resolve(state_dir=state), archive)
+    original = (state / "atari.db").read_bytes()
+    first = restore(resolve(state_dir=state), archive, now=1000.0)
+    second = restore(resolve(state_dir=state), archive, now=1000.0)
+    assert first["previous"] != second["previous"]
+    # The state from before the first restore is still kept, whole.
+    assert (Path(first["previous"]) / "atari.db").read_bytes() == original
+    assert (Path(second["previous"]) / "runs" / "Pong" / "progress.json").is_file()
+
+
 def _rewrite(archive: Path, dest: Path, change) -> None:
     """Copy a backup member by member, letting `change(name, data)` alter or drop members."""
     with tarfile.open(archive, "r:gz") as src, tarfile.open(dest, "w:gz") as out:

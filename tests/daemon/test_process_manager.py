@@ -296,3 +296,27 @@ def test_restore_keeps_done_and_stopped_and_requeues_the_rest(tmp_path, profile,
     assert fresh.games["Pong"].state is State.DONE
     assert fresh.games["Breakout"].state is State.QUEUED  # it was still STOPPING, not STOPPED
     assert fresh.games["CartPole-v1"].state is State.QUEUED
+
+
+def test_level_change_drain_starts_no_backoff_retry_or_pending_restart(env) -> None:
+    mgr, fake, clock, _ = env
+    mgr.tick()
+    clock.advance(5)
+    mgr.tick()
+    fake.exits[pid(mgr, "Pong")] = 1  # Pong crashes: BACKOFF, retry in 10 s
+    mgr.tick()
+    assert mgr.games["Pong"].state is State.BACKOFF
+    mgr.restart(["Breakout"])  # STOPPING, to start again at once once it exits
+    old_breakout = pid(mgr, "Breakout")
+    mgr.change_level("medium", "stable")
+    clock.advance(11)
+    mgr.tick()  # Pong's backoff is over, but the old level is still draining
+    assert mgr.games["Pong"].state is State.QUEUED
+    assert mgr.games["CartPole-v1"].state is State.QUEUED
+    fake.exits[old_breakout] = 0
+    mgr.tick()  # the drain is over: every game starts with the new level's settings
+    assert all(g.state is State.STARTING for g in mgr.games.values())
+    assert len(mgr.games["Pong"].crashes) == 1  # the crash history is kept
+    for name in mgr.games:
+        argv = fake.argv[pid(mgr, name)]
+        assert argv[argv.index("--num-envs") + 1] == "8"

@@ -142,3 +142,29 @@ def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_failed_migration_leaves_the_old_version_whole(tmp_path: Path, monkeypatch) -> None:
+    # A migration step that fails midway (after its DDL) must roll back whole: a half-migrated
+    # file at the old version could never be opened again ("duplicate column name").
+    path = tmp_path / "v2.db"
+    eng = create_engine(f"sqlite:///{path}")
+    with eng.begin() as conn:
+        for name in s.V1_TABLES:
+            s.metadata.tables[name].create(conn)
+        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN outcome")
+        conn.execute(s.schema_version.insert().values(version=2))
+    eng.dispose()
+    step = s.MIGRATIONS[2]
+
+    def power_cut(conn) -> None:
+        step(conn)
+        raise RuntimeError("power cut")
+
+    monkeypatch.setitem(s.MIGRATIONS, 2, power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        Store.open(path)
+    with sqlite3.connect(path) as db:
+        assert "outcome" not in [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+    monkeypatch.setitem(s.MIGRATIONS, 2, step)
+    assert Store.open(path).schema_version() == s.SCHEMA_VERSION

@@ -255,3 +255,29 @@ def test_a_failing_loop_pass_does_not_kill_the_daemon(sup) -> None:
     assert s.run(wake=0.01) == 0
     assert len(calls) >= 2 and s.stopped
     assert "<3>main loop pass failed; retrying" in buf.getvalue()
+
+
+def test_reload_of_the_current_levels_settings_restarts_the_running_games(sup) -> None:
+    s, fake, _ = sup
+    old = {g.proc.pid for g in s.manager.games.values() if g.proc is not None}
+    Path(s.profile.path).write_text(
+        PROFILE.replace("light: {games: 2, num_envs: 4", "light: {games: 1, num_envs: 6")
+    )
+    reply = ask(s, "reload")
+    assert reply["ok"] is True
+    assert reply["result"]["changes"] == ["level light settings changed: 2 running games restart"]
+    assert {p for p, sig in fake.signals if sig is signal.SIGTERM} == old
+    for pid in old:
+        fake.exits[pid] = 0
+    s.loop_once()
+    argv = [fake.argv[g.proc.pid] for g in s.manager.games.values() if g.proc is not None]
+    assert len(argv) == 1 and argv[0][argv[0].index("--num-envs") + 1] == "6"
+    # An unchanged profile restarts nothing, nor does a raised slot count: the slot just fills.
+    assert ask(s, "reload")["result"]["changes"] == []
+    signals = len(fake.signals)
+    Path(s.profile.path).write_text(
+        PROFILE.replace("light: {games: 2, num_envs: 4", "light: {games: 2, num_envs: 6")
+    )
+    assert ask(s, "reload")["result"]["changes"] == []
+    assert len(fake.signals) == signals
+    assert sum(g.proc is not None for g in s.manager.games.values()) == 2
