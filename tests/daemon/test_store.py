@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from daemon.store import Store, StoreError
 from daemon.store import schema as s
@@ -67,15 +67,22 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         Store.open(path)
 
 
-def test_older_schema_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    # A version-1 database: the v1 tables only (runs without its v3 outcome), with data in them.
+def _pre_v3_database(path: Path, version: int) -> Engine:
+    """The v1 tables, with runs still lacking v3's outcome column, stamped ``version``."""
     eng = create_engine(f"sqlite:///{path}")
     with eng.begin() as conn:
         for name in s.V1_TABLES:
             s.metadata.tables[name].create(conn)
         conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN outcome")
-        conn.execute(s.schema_version.insert().values(version=1))
+        conn.execute(s.schema_version.insert().values(version=version))
+    return eng
+
+
+def test_older_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    # A version-1 database: the v1 tables only (runs without its v3 outcome), with data in them.
+    eng = _pre_v3_database(path, version=1)
+    with eng.begin() as conn:
         conn.execute(s.games.insert().values(name="Pong", state="QUEUED", target=3, episodes=2))
         for reason in (
             "crashed: killed by SIGKILL; restart in 10s",
@@ -148,13 +155,7 @@ def test_a_failed_migration_leaves_the_old_version_whole(tmp_path: Path, monkeyp
     # A migration step that fails midway (after its DDL) must roll back whole: a half-migrated
     # file at the old version could never be opened again ("duplicate column name").
     path = tmp_path / "v2.db"
-    eng = create_engine(f"sqlite:///{path}")
-    with eng.begin() as conn:
-        for name in s.V1_TABLES:
-            s.metadata.tables[name].create(conn)
-        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN outcome")
-        conn.execute(s.schema_version.insert().values(version=2))
-    eng.dispose()
+    _pre_v3_database(path, version=2).dispose()
     step = s.MIGRATIONS[2]
 
     def power_cut(conn) -> None:
