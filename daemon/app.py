@@ -149,7 +149,7 @@ def register_level_commands(sup: Supervisor, source: Any, clock: Clock) -> None:
 
 
 def start_control(sup: Supervisor, dirs: Dirs, profile: Profile) -> Any:
-    from daemon.control.server import ControlServer
+    from daemon.control_server.server import ControlServer
 
     server = ControlServer(dirs.socket, sup.handle_request, group=profile.control.socket_group)
     server.start()

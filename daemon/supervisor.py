@@ -2,7 +2,7 @@
 
 Who talks to it, and how (all thread-safe, none of them acts by itself):
 - scheduler jobs (``daemon/checks.py``) and signal handlers call ``post(event)``;
-- the control socket (``daemon/control/server.py``) calls ``handle_request(request)``, which
+- the control socket (``daemon/control_server/server.py``) calls ``handle_request(request)``, which
   queues the request and waits for the loop's reply: ``{"ok": true, "result": {...}}`` or
   ``{"ok": false, "error": "one line", "code": "unknown_game" | "bad_request" | ...}``;
 - more commands plug in with ``register_command(name, fn)``; ``fn(args) -> dict`` runs in the

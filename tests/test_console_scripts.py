@@ -12,7 +12,7 @@ import pytest
 SCRIPTS = {
     "atari-trainer": "trainer",
     "atari-supervisord": "daemon",
-    "atarictl": "daemon.ctl",
+    "atarictl": "daemon.atarictl",
 }
 
 

@@ -67,7 +67,7 @@ def test_queue_done_crash_restart_graceful_stop_and_resume(tmp_path: Path, daemo
     assert latest["at"] == pytest.approx(final["last_checkpoint_time"], abs=5)
     assert (best["episode"], best["return_"]) == (40, final["best_return"])
     assert best["path"] == str(d.state / "runs" / "CartPole-v1" / "best.pt")
-    ctl = [sys.executable, "-m", "daemon.ctl", "--state-dir", str(d.state), "models", "--json"]
+    ctl = [sys.executable, "-m", "daemon.atarictl", "--state-dir", str(d.state), "models", "--json"]
     out = subprocess.run(ctl, capture_output=True, text=True, timeout=120)
     listed = {(r["game"], r["kind"]): r for r in json.loads(out.stdout)["models"]}
     assert listed[("CartPole-v1", "latest")]["source"] == "registry"

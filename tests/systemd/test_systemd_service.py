@@ -45,7 +45,7 @@ def test_refused_installs_leave_nothing_behind(service: Service) -> None:
     locked = service.box.root / "locked"
     locked.mkdir(mode=0o700)
     code = (
-        "from daemon.ctl.service import ServiceError, install\n"
+        "from daemon.atarictl.service import ServiceError, install\n"
         "try:\n"
         f"    install(None, 'nobody', python='{locked}/python')\n"
         "except ServiceError as exc:\n"

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_profile
-from daemon.ctl.service import (
+from daemon.atarictl.service import (
     TEMPLATE_PYTHON,
     UNIT_TEMPLATE,
     ServiceError,
     render_unit,
     unreachable_by,
 )
+from daemon.config import load_profile
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -100,7 +100,7 @@ def test_timeouts_fit_every_shipped_profile(profile: Path) -> None:
 
 def _run_install(env: dict[str, str], *prefix: str) -> subprocess.CompletedProcess[str]:
     code = (
-        "from daemon.ctl.service import install_service\n"
+        "from daemon.atarictl.service import install_service\n"
         "raise SystemExit(install_service(None, None))"
     )
     return subprocess.run(

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from daemon.ctl.client import CtlError
+from daemon.atarictl.client import CtlError
 
 HISTORY_KINDS = ("boots", "levels", "runs", "decisions")
 

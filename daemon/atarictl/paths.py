@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.control.protocol import SOCKET_NAME
+from daemon.control_server.protocol import SOCKET_NAME
 
 SYSTEM_STATE = Path("/var/lib/atari-supervisor")
 SYSTEM_RUNTIME = Path("/run/atari-supervisor")

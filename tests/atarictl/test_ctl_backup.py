@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from ctl_helpers import atarictl, populate_state
 
-from daemon.control import ControlServer
-from daemon.ctl.backup import BackupError, backup, restore, verify
-from daemon.ctl.paths import resolve
+from daemon.atarictl.backup import BackupError, backup, restore, verify
+from daemon.atarictl.paths import resolve
+from daemon.control_server import ControlServer
 
 
 def _rows(db: Path, table: str) -> list[tuple]:

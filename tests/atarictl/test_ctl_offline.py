@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from ctl_helpers import atarictl
 
-from daemon.ctl import formatting as fmt
-from daemon.ctl.logs import follow, last_lines
-from daemon.ctl.offline import history, models, offline_status
-from daemon.ctl.paths import resolve
+from daemon.atarictl import formatting as fmt
+from daemon.atarictl.logs import follow, last_lines
+from daemon.atarictl.offline import history, models, offline_status
+from daemon.atarictl.paths import resolve
 
 
 def test_status_reads_the_database_when_the_daemon_is_down(state: Path) -> None:
@@ -258,7 +258,7 @@ def test_doctor_fails_on_a_bad_profile_and_passes_on_cpu_tiny(tmp_path: Path) ->
 
 def test_service_subcommands_call_the_service_module(monkeypatch: pytest.MonkeyPatch) -> None:
     # Only the argparse wiring is tested here; tests/systemd runs the real installer.
-    from daemon.ctl import cli, service
+    from daemon.atarictl import cli, service
 
     calls: list[tuple] = []
     monkeypatch.setattr(service, "install_service", lambda p, u: calls.append((p, u)) or 7)

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from daemon.ctl.client import Client, CtlError
+from daemon.atarictl.client import Client, CtlError
 
 PROFILE = """\
 games:
@@ -59,7 +59,7 @@ class Daemon:
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "daemon.ctl", "--state-dir", str(self.state), *args],
+            [sys.executable, "-m", "daemon.atarictl", "--state-dir", str(self.state), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,6 +1,6 @@
 """Control-socket attack clients and a latency benchmark.
 
-`python -m daemon.control.bench` measures how fast a normal request is answered, first on a
+`python -m daemon.control_server.bench` measures how fast a normal request is answered, first on a
 quiet socket, then while silent, slow-loris, flooding, garbage and half-open clients hammer it,
 and prints a table. Without `--socket` it benchmarks a bare ControlServer with an echo handler
 in a temporary directory; with `--socket PATH` it measures a running daemon (`status`).
@@ -101,7 +101,7 @@ def attack(path: Path, *, silent: int = 40, loris: int = 10) -> Iterator[None]:
 
 
 def latencies(path: Path, cmd: str, calls: int) -> list[float]:
-    from daemon.ctl.client import Client
+    from daemon.atarictl.client import Client
 
     client = Client(path, timeout=10)
     out = []
@@ -123,7 +123,7 @@ def _row(name: str, xs: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m daemon.control.bench",
+        prog="python -m daemon.control_server.bench",
         description="Latency of control requests on a quiet socket and under attack.",
     )
     p.add_argument("--socket", type=Path, help="a running daemon's atarictl.sock")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level="warning")  # keep the table free of the server's info lines
     with contextlib.ExitStack() as stack:
         if args.socket is None:
-            from daemon.control.server import ControlServer
+            from daemon.control_server.server import ControlServer
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             path = tmp / "bench.sock"

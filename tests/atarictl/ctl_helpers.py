@@ -83,7 +83,7 @@ def populate_state(state: Path, now: float | None = None) -> Path:
 
 def atarictl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.ctl", *args],
+        [sys.executable, "-m", "daemon.atarictl", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

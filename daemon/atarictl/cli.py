@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.ctl import formatting as fmt
-from daemon.ctl.client import (
+from daemon.atarictl import formatting as fmt
+from daemon.atarictl.client import (
     Client,
     CtlError,
     DaemonUnreachable,
     UnknownGame,
 )
-from daemon.ctl.paths import CtlPaths, resolve
+from daemon.atarictl.paths import CtlPaths, resolve
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -148,7 +148,7 @@ class Ctl:
             st = fmt.normalize_status(raw, now=now, source="daemon")
             code = EXIT_OK
         except DaemonUnreachable as down:
-            from daemon.ctl.offline import NoDatabase, offline_status
+            from daemon.atarictl.offline import NoDatabase, offline_status
 
             try:
                 raw = offline_status(self.paths.db, now)
@@ -215,8 +215,8 @@ class Ctl:
     # tail -------------------------------------------------------------------------------------
 
     def cmd_tail(self) -> int:
-        from daemon.ctl.logs import follow, last_lines
-        from daemon.ctl.offline import known_games
+        from daemon.atarictl.logs import follow, last_lines
+        from daemon.atarictl.offline import known_games
 
         game = self.args.game
         path = self.paths.logs_dir / f"{game}.log"
@@ -252,7 +252,7 @@ class Ctl:
             try:
                 result = self.client.call("level", {})
             except DaemonUnreachable:
-                from daemon.ctl.offline import offline_status
+                from daemon.atarictl.offline import offline_status
 
                 raw = offline_status(self.paths.db, time.time())
                 result = {
@@ -269,7 +269,7 @@ class Ctl:
     # history / models ---------------------------------------------------------------------------
 
     def cmd_history(self) -> int:
-        from daemon.ctl.offline import HISTORY_KINDS, history
+        from daemon.atarictl.offline import HISTORY_KINDS, history
 
         kinds = tuple(self.args.kind or HISTORY_KINDS)
         now = time.time()
@@ -285,7 +285,7 @@ class Ctl:
         return EXIT_OK
 
     def cmd_models(self) -> int:
-        from daemon.ctl.offline import models
+        from daemon.atarictl.offline import models
 
         rows = models(self.paths.db, self.paths.runs_dir)
         self.out(fmt.format_models(rows, time.time()), {"models": rows})
@@ -316,7 +316,7 @@ class Ctl:
     # backup / restore / doctor ------------------------------------------------------------------
 
     def cmd_backup(self) -> int:
-        from daemon.ctl.backup import backup, default_backup_path
+        from daemon.atarictl.backup import backup, default_backup_path
 
         now = time.time()
         result = backup(self.paths, self.args.path or default_backup_path(now), now)
@@ -331,7 +331,7 @@ class Ctl:
         return EXIT_OK
 
     def cmd_restore(self) -> int:
-        from daemon.ctl.backup import restore
+        from daemon.atarictl.backup import restore
 
         result = restore(self.paths, self.args.path)
         human = (
@@ -345,8 +345,8 @@ class Ctl:
         return EXIT_OK
 
     def cmd_doctor(self) -> int:
+        from daemon.atarictl.doctor import FAIL, as_json, format_checks, run_checks
         from daemon.config import DEFAULT_PROFILE
-        from daemon.ctl.doctor import FAIL, as_json, format_checks, run_checks
 
         # The profile an installed service runs with (install-service puts it there) comes
         # before the embedded default.
@@ -357,12 +357,12 @@ class Ctl:
         return EXIT_FAILED if any(c.status == FAIL for c in checks) else EXIT_OK
 
     def cmd_install_service(self) -> int:
-        from daemon.ctl import service
+        from daemon.atarictl import service
 
         return int(service.install_service(self.args.profile, self.args.user))
 
     def cmd_uninstall_service(self) -> int:
-        from daemon.ctl import service
+        from daemon.atarictl import service
 
         return int(service.uninstall_service())
 

@@ -40,11 +40,11 @@ from typing import IO, Any
 import psutil
 import structlog
 
-from daemon.ctl.client import Client, CtlError
-from daemon.ctl.offline import models as registry_rows
-from daemon.ctl.paths import DB_NAME, CtlPaths
+from daemon.atarictl.client import Client, CtlError
+from daemon.atarictl.offline import models as registry_rows
+from daemon.atarictl.paths import DB_NAME, CtlPaths
 
-log = structlog.get_logger("daemon.ctl.backup")
+log = structlog.get_logger("daemon.atarictl.backup")
 
 FORMAT = "atari-supervisor-backup"
 VERSION = 1

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from daemon.control.protocol import MAX_REPLY_BYTES, ProtocolError, encode, parse_reply
+from daemon.control_server.protocol import MAX_REPLY_BYTES, ProtocolError, encode, parse_reply
 
 
 class CtlError(Exception):

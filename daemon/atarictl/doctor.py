@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 
-from daemon.ctl.client import Client
-from daemon.ctl.paths import CtlPaths
+from daemon.atarictl.client import Client
+from daemon.atarictl.paths import CtlPaths
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CHECKPOINTS_KEPT = 3

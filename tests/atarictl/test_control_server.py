@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.control import ControlServer, ControlServerError
-from daemon.ctl.client import Client, DaemonUnreachable
+from daemon.atarictl.client import Client, DaemonUnreachable
+from daemon.control_server import ControlServer, ControlServerError
 
 
 def echo(request: dict[str, Any]) -> dict[str, Any]:

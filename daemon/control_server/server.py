@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from daemon.control.protocol import (
+from daemon.control_server.protocol import (
     MAX_REQUEST_BYTES,
     ProtocolError,
     encode,
@@ -40,7 +40,7 @@ from daemon.control.protocol import (
     parse_request,
 )
 
-log = structlog.get_logger("daemon.control")
+log = structlog.get_logger("daemon.control_server")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -20,7 +20,7 @@ import pytest
 from ctl_attacks import assert_answers_within_a_second, attack
 from ctl_daemon import Daemon, write_profile
 
-from daemon.ctl.client import Client, UnknownGame
+from daemon.atarictl.client import Client, UnknownGame
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_tail_and_follow(daemon: Daemon) -> None:
     out = daemon.ctl("tail", "-n", "3", "CartPole-v1")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 3
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.ctl", "--state-dir", str(daemon.state), "tail", "-f",
+        [sys.executable, "-m", "daemon.atarictl", "--state-dir", str(daemon.state), "tail", "-f",
          "-n", "0", "CartPole-v1"],
         stdout=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_delivered,
     )  # fmt: skip
@@ -196,7 +196,7 @@ def test_tail_and_follow(daemon: Daemon) -> None:
 
 def test_status_watch_refreshes(daemon: Daemon) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.ctl", "--state-dir", str(daemon.state), "status",
+        [sys.executable, "-m", "daemon.atarictl", "--state-dir", str(daemon.state), "status",
          "--watch", "0.3", "--json"],
         stdout=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_delivered,
     )  # fmt: skip
@@ -256,7 +256,7 @@ def test_socket_refuses_a_user_outside_its_group(daemon: Daemon) -> None:
         # needs write permission on the socket itself, which the cap does not grant.
         base = ["setpriv", f"--reuid={user}", f"--regid={user}",
                 "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]  # fmt: skip
-        cmd = [sys.executable, "-m", "daemon.ctl", "--state-dir", str(daemon.state), "status"]
+        cmd = [sys.executable, "-m", "daemon.atarictl", "--state-dir", str(daemon.state), "status"]
         out = subprocess.run([*base, "--clear-groups", *cmd], capture_output=True, text=True,
                              timeout=60)  # fmt: skip
         assert out.returncode == 4, out
@@ -284,7 +284,8 @@ def test_backup_while_training_restores_and_resumes(daemon: Daemon, tmp_path: Pa
 
     fresh = tmp_path / "restored"
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.ctl", "--state-dir", str(fresh), "restore", str(archive)],
+        [sys.executable, "-m", "daemon.atarictl", "--state-dir", str(fresh), "restore",
+         str(archive)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

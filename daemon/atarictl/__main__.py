@@ -1,0 +1,3 @@
+from daemon.atarictl.cli import main
+
+raise SystemExit(main())

@@ -1,3 +1,0 @@
-from daemon.ctl.cli import main
-
-raise SystemExit(main())
