@@ -7,7 +7,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from daemon.control_server.protocol import MAX_REPLY_BYTES, ProtocolError, encode, parse_reply
+from daemon.control_server.protocol import (
+    MAX_REPLY_BYTES,
+    ProtocolError,
+    ReplyCode,
+    encode,
+    parse_reply,
+)
 
 
 class CtlError(Exception):
@@ -60,9 +66,9 @@ class Client:
             return reply.get("result")
         code = str(reply.get("code", "error"))
         message = str(reply.get("error", "daemon reported an error without a message"))
-        if code == "unknown_game":
+        if code == ReplyCode.UNKNOWN_GAME:
             raise UnknownGame(message, code)
-        if code == "timeout":
+        if code == ReplyCode.TIMEOUT:
             raise DaemonTimeout(f"{message}; its main loop is busy, retry shortly", code)
         raise CommandFailed(message, code)
 
@@ -107,7 +113,7 @@ class Client:
                     break
                 data += chunk
                 if len(data) > MAX_REPLY_BYTES:
-                    raise CommandFailed("daemon reply is too large", "bad_reply")
+                    raise CommandFailed("daemon reply is too large", ReplyCode.BAD_REPLY)
             if not data:
                 raise DaemonUnreachable(
                     "daemon closed the connection without answering; it may be shutting down "

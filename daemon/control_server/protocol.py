@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from enum import StrEnum
 from typing import Any
 
 SOCKET_NAME = "atarictl.sock"
@@ -21,17 +22,33 @@ MAX_REPLY_BYTES = 16 * 1024 * 1024
 _CMD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
+class ReplyCode(StrEnum):
+    """Every ``code`` an error reply may carry; atarictl maps some of them to exit codes."""
+
+    BAD_REQUEST = "bad_request"  # breaks the wire format, or a command's args are wrong
+    TOO_LARGE = "too_large"  # request longer than MAX_REQUEST_BYTES
+    TIMEOUT = "timeout"  # request incomplete within the read deadline, or no answer in time
+    BUSY = "busy"  # too many connections or queued requests; retry
+    SHUTTING_DOWN = "shutting_down"  # the daemon is stopping and takes no new work
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_GAME = "unknown_game"
+    BAD_PROFILE = "bad_profile"  # reload refused: the new profile is invalid, the old one stays
+    INTERNAL = "internal"  # a handler raised; the daemon logged the traceback
+    BAD_REPLY = "bad_reply"  # client side: the daemon's reply breaks the wire format
+
+
 class ProtocolError(ValueError):
     """A request or reply that does not follow the wire format; `code` is the reply code."""
 
-    def __init__(self, message: str, code: str = "bad_request") -> None:
+    def __init__(self, message: str, code: ReplyCode = ReplyCode.BAD_REQUEST) -> None:
         super().__init__(message)
         self.code = code
 
 
-def error(message: str, code: str) -> dict[str, Any]:
+def error(code: ReplyCode, message: str) -> dict[str, Any]:
+    """An error reply. ``code`` must be a ReplyCode (a plain string is checked against it)."""
     # Error text must stay one line: atarictl prints it as is.
-    return {"ok": False, "error": " ".join(str(message).split()), "code": code}
+    return {"ok": False, "code": ReplyCode(code).value, "error": " ".join(str(message).split())}
 
 
 def ok(result: Any) -> dict[str, Any]:
@@ -75,7 +92,7 @@ def parse_reply(line: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"daemon sent an unreadable reply: {exc}", code="bad_reply") from exc
+        raise ProtocolError(f"daemon sent an unreadable reply: {exc}", ReplyCode.BAD_REPLY) from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
-        raise ProtocolError("daemon sent a reply without a boolean 'ok' field", code="bad_reply")
+        raise ProtocolError("daemon sent a reply without a boolean 'ok' field", ReplyCode.BAD_REPLY)
     return obj

@@ -35,6 +35,7 @@ import structlog
 from daemon.control_server.protocol import (
     MAX_REQUEST_BYTES,
     ProtocolError,
+    ReplyCode,
     encode,
     error,
     parse_request,
@@ -232,7 +233,7 @@ class ControlServer:
                 return
             if len(self._conns) >= self._max_connections:
                 oldest = min(self._conns.values(), key=lambda c: c.opened)
-                self._reject(oldest, "too many open control connections; retry", "busy")
+                self._reject(oldest, "too many open control connections; retry", ReplyCode.BUSY)
             sock.setblocking(False)
             now = time.monotonic()
             conn = _Conn(sock=sock, deadline=now + self._read_timeout, opened=now)
@@ -260,14 +261,14 @@ class ControlServer:
                 self._reject(
                     conn,
                     f"request larger than {self._max_request} bytes; send one short JSON line",
-                    "too_large",
+                    ReplyCode.TOO_LARGE,
                 )
             return
         if newline > self._max_request:
             self._reject(
                 conn,
                 f"request larger than {self._max_request} bytes; send one short JSON line",
-                "too_large",
+                ReplyCode.TOO_LARGE,
             )
             return
         self._dispatch(conn, bytes(conn.buf[:newline]))
@@ -277,7 +278,7 @@ class ControlServer:
             self._reject(
                 conn,
                 f"no complete request within {self._read_timeout:g} s; send one JSON line",
-                "timeout",
+                ReplyCode.TIMEOUT,
             )
 
     def _detach(self, conn: _Conn) -> None:
@@ -290,10 +291,10 @@ class ControlServer:
         self._detach(conn)
         conn.sock.close()
 
-    def _reject(self, conn: _Conn, message: str, code: str) -> None:
+    def _reject(self, conn: _Conn, message: str, code: ReplyCode) -> None:
         # Best effort, never blocking: a client that does not read simply misses the reason.
         with contextlib.suppress(OSError):
-            conn.sock.send(encode(error(message, code)))
+            conn.sock.send(encode(error(code, message)))
         self._drop(conn)
 
     def _dispatch(self, conn: _Conn, line: bytes) -> None:
@@ -310,7 +311,7 @@ class ControlServer:
                 busy = False
                 self._pending += 1
         if busy:
-            self._reject(conn, "daemon busy with other control requests; retry", "busy")
+            self._reject(conn, "daemon busy with other control requests; retry", ReplyCode.BUSY)
             return
         self._detach(conn)
         try:
@@ -330,7 +331,7 @@ class ControlServer:
                     raise TypeError(f"handler returned {type(reply).__name__}, not a reply")
             except Exception as exc:
                 log.exception("control handler failed", cmd=request.get("cmd"))
-                reply = error(f"internal error in {request.get('cmd')}: {exc}", "internal")
+                reply = error(ReplyCode.INTERNAL, f"internal error in {request.get('cmd')}: {exc}")
             data = encode(reply)
             sock.setblocking(True)
             sock.settimeout(self._reply_timeout)
