@@ -1,0 +1,189 @@
+"""The profile schema: frozen dataclasses, one per YAML section.
+
+Each field's metadata says how its YAML value is parsed (``kind``) and which range it must lie in,
+so one generic walker (``yaml_walk``) validates every section, and ``docs/configuration.md`` is
+checked against the same field list (``documented_fields``). Stdlib only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
+DEFAULT_PROFILE = DEFAULT_PROFILE_DIR / "cpu-tiny.yaml"
+
+# Memory estimate per trainer beyond its replay buffer: torch + envpool + Python (measured on the
+# CPU build with the Nature CNN: ~1.2 GiB); per envpool Atari env ~ a few MiB of emulator state and
+# frame stack. Deliberately generous: the point is to refuse a level that cannot fit at all.
+TRAINER_BASE_GIB = 1.5
+ENV_MIB = 8.0
+DEFAULT_BUFFER_GIB = 1.0
+
+
+# ---------------------------------------------------------------------------- schema metadata
+# kind: int | float | duration | str | bool | strlist | size | section (nested dataclass)
+
+
+def _f(
+    kind: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    lo: float | None = None,
+    positive: bool = False,
+    optional: bool = False,
+    doc: str = "",
+) -> Any:
+    meta = {"kind": kind, "lo": lo, "positive": positive, "optional": optional, "doc": doc}
+    if isinstance(default, list | dict):
+        raise TypeError("mutable default")
+    return field(default=default, metadata=meta)
+
+
+def _sec(cls: type) -> dict[str, Any]:
+    return {"kind": "section", "cls": cls}
+
+
+@dataclass(frozen=True)
+class CrashStorm:
+    crashes: int = _f("int", 5, lo=1)
+    window: float = _f("duration", 600.0, positive=True)
+
+
+@dataclass(frozen=True)
+class AutoscalerPolicy:
+    """What H3's autoscaler consumes; durations are float seconds."""
+
+    ladder: tuple[str, ...] = _f("strlist", ("light", "medium"))
+    fallback_level: str = _f("str", "light")
+    promote_after: float = _f("duration", 3600.0, positive=True)
+    max_reboots: int = _f("int", 3, lo=0)
+    window: float = _f("duration", 3600.0, positive=True)
+    crash_storm: CrashStorm = field(default_factory=CrashStorm, metadata=_sec(CrashStorm))
+    cooldown: float = _f("duration", 7200.0, positive=True)
+    cooldown_max: float = _f("duration", 57600.0, positive=True)
+    stable_reset_after: float = _f("duration", 86400.0, positive=True)
+    pinned: str | None = _f("str", None, optional=True)
+
+
+@dataclass(frozen=True)
+class Checks:
+    health: float = _f("duration", 15.0, positive=True)
+    stability: float = _f("duration", 300.0, positive=True)
+    telemetry: float = _f("duration", 30.0, positive=True)
+    report: float = _f("duration", 1800.0, positive=True)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = _f("duration", 10.0, positive=True)
+    factor: float = _f("float", 2.0, lo=1.0)
+    max: float = _f("duration", 300.0, positive=True)
+    reset_after: float = _f("duration", 600.0, positive=True)
+    storm_crashes: int = _f("int", 5, lo=1)
+    storm_window: float = _f("duration", 600.0, positive=True)
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    socket_group: str | None = _f("str", None, optional=True)
+
+
+@dataclass(frozen=True)
+class GameLogs:
+    max_bytes: int = _f("size", 10 * 1024 * 1024, lo=1024)
+    backups: int = _f("int", 3, lo=0)
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: str | None = _f("str", None, optional=True)
+    logs_dir: str | None = _f("str", None, optional=True)
+    runtime_dir: str | None = _f("str", None, optional=True)
+    boot_id_file: str = _f("str", "/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str = field(metadata={"kind": "name"})
+    games: int = _f("int", lo=1)
+    num_envs: int = _f("int", lo=1)
+    batch_size: int = _f("int", lo=1)
+    buffer_gb: float | None = _f("float", None, positive=True, optional=True)
+    trainer_args: tuple[str, ...] = _f("strlist", ())
+
+    def memory_gib(self) -> float:
+        per_game = (self.buffer_gb or DEFAULT_BUFFER_GIB) + self.num_envs * ENV_MIB / 1024
+        return self.games * (per_game + TRAINER_BASE_GIB)
+
+
+@dataclass(frozen=True)
+class GameTarget:
+    name: str
+    target: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    path: str = field(metadata={"kind": "name"})
+    games: tuple[GameTarget, ...] = field(metadata={"kind": "games"})
+    levels: tuple[Level, ...] = field(metadata={"kind": "levels"})
+    start_level: str = _f("str")
+    autoscaler: AutoscalerPolicy = field(
+        default_factory=AutoscalerPolicy, metadata=_sec(AutoscalerPolicy)
+    )
+    checks: Checks = field(default_factory=Checks, metadata=_sec(Checks))
+    stop_grace: float = _f("duration", 60.0, positive=True)
+    startsecs: float = _f("duration", 10.0, lo=0)
+    backoff: Backoff = field(default_factory=Backoff, metadata=_sec(Backoff))
+    frozen_after: float = _f("duration", 300.0, positive=True)
+    telemetry_retention: float = _f("duration", 7 * 86400.0, positive=True)
+    control: ControlSettings = field(
+        default_factory=ControlSettings, metadata=_sec(ControlSettings)
+    )
+    gpu_cost_per_hour: float | None = _f("float", None, lo=0, optional=True)
+    trainer_args: tuple[str, ...] = _f("strlist", ())
+    checkpoint_every: float = _f("duration", 90.0, positive=True)
+    device: str = _f("str", "auto")
+    seed: int = _f("int", 0, lo=0)
+    game_logs: GameLogs = field(default_factory=GameLogs, metadata=_sec(GameLogs))
+    paths: Paths = field(default_factory=Paths, metadata=_sec(Paths))
+
+    def level(self, name: str) -> Level:
+        for lv in self.levels:
+            if lv.name == name:
+                return lv
+        raise KeyError(name)
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(lv.name for lv in self.levels)
+
+    def target(self, game: str) -> int:
+        for g in self.games:
+            if g.name == game:
+                return g.target
+        raise KeyError(game)
+
+
+def documented_fields() -> list[str]:
+    """Every dotted field name an operator can write (for the docs check)."""
+    out: list[str] = ["games", "levels", "levels.NAME"]
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            kind = f.metadata.get("kind")
+            if kind in (None, "name"):
+                continue
+            dotted = f"{prefix}{f.name}"
+            if kind in ("games", "levels"):
+                continue
+            out.append(dotted)
+            if kind == "section":
+                walk(f.metadata["cls"], dotted + ".")
+
+    walk(Profile, "")
+    walk(Level, "levels.NAME.")
+    return out
