@@ -19,17 +19,16 @@ WATCHDOG/STOPPING are sent by this module and the supervisor).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 
 from daemon.clock import Clock, SystemClock
 from daemon.config import Profile, ProfileError, load_profile
+from daemon.paths import Dirs, lock_state_dir, resolve_dirs
 from daemon.process import ProcessManager, RealOs
 from daemon.process.os_seam import OsSeam, find_leftover
 from daemon.sdnotify import Notifier
@@ -40,72 +39,6 @@ from daemon.telemetry import GpuProbe
 log = structlog.get_logger("daemon.app")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class Dirs:
-    state: Path
-    logs: Path
-    runtime: Path
-
-    @property
-    def db(self) -> Path:
-        return self.state / "atari.db"
-
-    @property
-    def runs(self) -> Path:
-        return self.state / "runs"
-
-    @property
-    def socket(self) -> Path:
-        return self.runtime / "atarictl.sock"
-
-
-def resolve_dirs(
-    profile: Profile | None,
-    state: str | None = None,
-    logs: str | None = None,
-    runtime: str | None = None,
-    env: dict[str, str] | None = None,
-) -> Dirs:
-    """Flag, then systemd's ``$STATE_DIRECTORY``/..., then the profile's ``paths``, then
-    defaults (``./state``, ``<state>/logs``, ``<state>/run``)."""
-    env = dict(os.environ if env is None else env)
-    paths = profile.paths if profile is not None else None
-
-    def pick(flag: str | None, var: str, from_profile: str | None) -> str | None:
-        # systemd may list several directories separated by ':'; the first is ours.
-        return flag or (env.get(var) or "").split(":")[0] or from_profile
-
-    s = pick(state, "STATE_DIRECTORY", paths.state_dir if paths else None) or "state"
-    state_dir = Path(s).resolve()
-    lg = pick(logs, "LOGS_DIRECTORY", paths.logs_dir if paths else None)
-    rt = pick(runtime, "RUNTIME_DIRECTORY", paths.runtime_dir if paths else None)
-    return Dirs(
-        state_dir,
-        Path(lg).resolve() if lg else state_dir / "logs",
-        Path(rt).resolve() if rt else state_dir / "run",
-    )
-
-
-def acquire_lock(state_dir: Path) -> IO[str]:
-    """One daemon per state dir: two would start every trainer twice."""
-    f = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held for the daemon's lifetime
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        other = f.read().strip() or "?"
-        f.close()
-        raise RuntimeError(
-            f"{state_dir}: another atari-supervisord (pid {other}) uses this state dir; "
-            "stop it first (atarictl shutdown) or pass another --state-dir"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 def make_level_source(profile: Profile, store: Store, clock: Clock) -> tuple[Any, str | None]:
@@ -185,22 +118,22 @@ def run_daemon(
     except ProfileError as e:
         log.error("profile refused; not starting", error=str(e))
         return EXIT_CONFIG
-    dirs = resolve_dirs(profile, state, logs, runtime)
+    dirs = resolve_dirs(state, runtime, logs, profile=profile.paths)
     try:
-        for d in (dirs.state, dirs.logs, dirs.runtime, dirs.runs):
+        for d in (dirs.state_dir, dirs.logs_dir, dirs.runtime_dir, dirs.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
-        lock = acquire_lock(dirs.state)
+        lock = lock_state_dir(dirs.state_dir, "atari-supervisord")
         store = Store.open(dirs.db)
     except (OSError, RuntimeError, StoreError) as e:
         log.error("cannot start", error=str(e))
         return EXIT_FAILURE
-    log.info("starting", profile=profile.path, state_dir=str(dirs.state), pid=os.getpid())
+    log.info("starting", profile=profile.path, state_dir=str(dirs.state_dir), pid=os.getpid())
     server = checks = None
     try:
         source, boot_id = make_level_source(profile, store, clock)
         run_id = store.daemon_started(os.getpid(), boot_id, clock.now())
-        manager = ProcessManager(profile, store, clock, seam or RealOs(), dirs.runs, dirs.logs,
-                                 source.current_level())  # fmt: skip
+        manager = ProcessManager(profile, store, clock, seam or RealOs(), dirs.runs_dir,
+                                 dirs.logs_dir, source.current_level())  # fmt: skip
         manager.restore()
         notifier.extend_timeout(profile.stop_grace + 30)  # leftovers may need stop_grace
         stopped = manager.stop_leftovers(find_leftover)

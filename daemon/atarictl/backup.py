@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +32,6 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -42,7 +40,7 @@ import structlog
 
 from daemon.atarictl.client import Client, CtlError
 from daemon.atarictl.offline import models as registry_rows
-from daemon.atarictl.paths import DB_NAME, CtlPaths
+from daemon.paths import DB_NAME, LOCK_NAME, Dirs, StateDirLocked, lock_state_dir
 
 log = structlog.get_logger("daemon.atarictl.backup")
 
@@ -137,7 +135,7 @@ def default_backup_path(now: float) -> Path:
     return Path(f"atari-backup-{stamp}.tar.gz")
 
 
-def backup(paths: CtlPaths, out: Path, now: float | None = None) -> dict[str, Any]:
+def backup(paths: Dirs, out: Path, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     if not paths.db.is_file():
         raise BackupError(
@@ -311,7 +309,7 @@ def verify(archive: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- restore
 
 
-def _daemon_running(paths: CtlPaths) -> str | None:
+def _daemon_running(paths: Dirs) -> str | None:
     if Client(paths.socket).reachable():
         return f"a daemon answers on {paths.socket}"
     if not paths.db.is_file():
@@ -332,7 +330,7 @@ def _daemon_running(paths: CtlPaths) -> str | None:
     return None
 
 
-def restore(paths: CtlPaths, archive: Path, now: float | None = None) -> dict[str, Any]:
+def restore(paths: Dirs, archive: Path, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     archive = Path(archive).absolute()
     running = _daemon_running(paths)
@@ -345,30 +343,19 @@ def restore(paths: CtlPaths, archive: Path, now: float | None = None) -> dict[st
     manifest = verify(archive)
     state = paths.state_dir.absolute()
     state.mkdir(parents=True, exist_ok=True)
-    with _daemon_lock(state):
+    # The daemon's own single-instance lock, held for the whole restore: a daemon running on
+    # this state dir makes us refuse, and one started meanwhile refuses to start.
+    try:
+        lock = lock_state_dir(state, "atarictl restore")
+    except StateDirLocked as exc:
+        raise BackupError(
+            f"refusing to restore while the daemon runs (pid {exc.pid} holds "
+            f"{state / LOCK_NAME}); stop it first (atarictl shutdown or systemctl stop "
+            "atari-supervisor)",
+            "daemon_running",
+        ) from None
+    with lock:
         return _restore_locked(state, archive, manifest, now)
-
-
-@contextlib.contextmanager
-def _daemon_lock(state: Path) -> Iterator[None]:
-    """Hold the daemon's single-instance lock for the whole restore: a daemon running on this
-    state dir makes us refuse, and one started meanwhile refuses to start."""
-    with open(state / "daemon.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "?"
-            raise BackupError(
-                f"refusing to restore while the daemon runs (pid {pid} holds "
-                f"{state / 'daemon.lock'}); stop it first (atarictl shutdown or systemctl stop "
-                "atari-supervisor)",
-                "daemon_running",
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _restore_locked(

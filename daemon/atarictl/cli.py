@@ -22,7 +22,7 @@ from daemon.atarictl.client import (
     DaemonUnreachable,
     UnknownGame,
 )
-from daemon.atarictl.paths import CtlPaths, resolve
+from daemon.paths import Dirs, resolve_dirs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Ctl:
-    def __init__(self, args: argparse.Namespace, paths: CtlPaths) -> None:
+    def __init__(self, args: argparse.Namespace, paths: Dirs) -> None:
         self.args = args
         self.paths = paths
         self.client = Client(paths.socket, timeout=args.timeout)
@@ -415,7 +415,7 @@ def _describe_level(result: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    paths = resolve(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
+    paths = resolve_dirs(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
     ctl = Ctl(args, paths)
     handler = getattr(ctl, "cmd_" + args.command.replace("-", "_"))
     try:

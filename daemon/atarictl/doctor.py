@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import Client
-from daemon.atarictl.paths import CtlPaths
+from daemon.paths import Dirs
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CHECKPOINTS_KEPT = 3
@@ -34,7 +34,7 @@ class Check:
 
 
 class _Ctx:
-    def __init__(self, paths: CtlPaths, profile_path: Path) -> None:
+    def __init__(self, paths: Dirs, profile_path: Path) -> None:
         self.paths = paths
         self.profile_path = profile_path
         self.profile: Any = None  # set by the profile check, used by the resource checks
@@ -238,7 +238,7 @@ CHECKS: tuple[Callable[[_Ctx], Check], ...] = (
 )
 
 
-def run_checks(paths: CtlPaths, profile_path: Path) -> list[Check]:
+def run_checks(paths: Dirs, profile_path: Path) -> list[Check]:
     ctx = _Ctx(paths, profile_path)
     out = []
     for fn in CHECKS:

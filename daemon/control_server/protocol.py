@@ -14,7 +14,6 @@ import re
 from enum import StrEnum
 from typing import Any
 
-SOCKET_NAME = "atarictl.sock"
 MAX_REQUEST_BYTES = 64 * 1024
 # Replies can carry a whole history listing; the cap only protects the client from a runaway.
 MAX_REPLY_BYTES = 16 * 1024 * 1024

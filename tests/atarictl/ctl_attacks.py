@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.control_server.bench import attack
+from daemon.atarictl.bench import attack
 
 __all__ = ["assert_answers_within_a_second", "attack"]
 

@@ -13,8 +13,8 @@ import pytest
 from ctl_helpers import atarictl, populate_state
 
 from daemon.atarictl.backup import BackupError, backup, restore, verify
-from daemon.atarictl.paths import resolve
 from daemon.control_server import ControlServer
+from daemon.paths import resolve_dirs as resolve
 
 
 def _rows(db: Path, table: str) -> list[tuple]:

@@ -16,7 +16,7 @@ from ctl_helpers import atarictl
 from daemon.atarictl import formatting as fmt
 from daemon.atarictl.logs import follow, last_lines
 from daemon.atarictl.offline import history, models, offline_status
-from daemon.atarictl.paths import resolve
+from daemon.paths import resolve_dirs as resolve
 
 
 def test_status_reads_the_database_when_the_daemon_is_down(state: Path) -> None:

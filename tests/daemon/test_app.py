@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.app import acquire_lock, resolve_dirs
 from daemon.config import load_profile
+from daemon.paths import lock_state_dir, resolve_dirs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
 
@@ -19,20 +19,19 @@ def test_dirs_flag_then_systemd_env_then_profile_then_defaults(tmp_path: Path) -
     profile = load_profile(prof)
     env = {"STATE_DIRECTORY": f"{tmp_path / 'sd'}:{tmp_path / 'other'}",
            "RUNTIME_DIRECTORY": str(tmp_path / "rt")}  # fmt: skip
-    d = resolve_dirs(profile, str(tmp_path / "flag"), env=env)
-    assert d.state == tmp_path / "flag" and d.runtime == tmp_path / "rt"
-    assert d.logs == tmp_path / "flag" / "logs"
-    assert resolve_dirs(profile, env=env).state == tmp_path / "sd"
-    assert resolve_dirs(profile, env={}).state == tmp_path / "from-profile"
-    d = resolve_dirs(None, env={})
-    assert d.state == Path("state").resolve() and d.socket == d.state / "run" / "atarictl.sock"
+    d = resolve_dirs(str(tmp_path / "flag"), profile=profile.paths, env=env)
+    # an explicit --state-dir means that daemon: its own run/ (daemon/paths.py)
+    assert d.state_dir == tmp_path / "flag" and d.runtime_dir == tmp_path / "flag" / "run"
+    assert d.logs_dir == tmp_path / "flag" / "logs"
+    assert resolve_dirs(profile=profile.paths, env=env).state_dir == tmp_path / "sd"
+    assert resolve_dirs(profile=profile.paths, env={}).state_dir == tmp_path / "from-profile"
 
 
 def test_one_daemon_per_state_dir(tmp_path: Path) -> None:
-    first = acquire_lock(tmp_path)
+    first = lock_state_dir(tmp_path, "atari-supervisord")
     try:
         with pytest.raises(RuntimeError, match="another atari-supervisord"):
-            acquire_lock(tmp_path)
+            lock_state_dir(tmp_path, "atari-supervisord")
     finally:
         first.close()
-    acquire_lock(tmp_path).close()  # free again once the holder is gone
+    lock_state_dir(tmp_path, "atari-supervisord").close()  # free again once the holder is gone

@@ -1,6 +1,7 @@
-"""Control-socket attack clients and a latency benchmark.
+"""Control-socket attack clients and a latency benchmark (a client of the server, so it lives
+on the client side: server code never imports atarictl).
 
-`python -m daemon.control_server.bench` measures how fast a normal request is answered, first on a
+`python -m daemon.atarictl.bench` measures how fast a normal request is answered, first on a
 quiet socket, then while silent, slow-loris, flooding, garbage and half-open clients hammer it,
 and prints a table. Without `--socket` it benchmarks a bare ControlServer with an echo handler
 in a temporary directory; with `--socket PATH` it measures a running daemon (`status`).
@@ -19,6 +20,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from daemon.atarictl.client import Client
+from daemon.control_server.protocol import ok
 
 
 def _connect(path: Path) -> socket.socket:
@@ -101,8 +105,6 @@ def attack(path: Path, *, silent: int = 40, loris: int = 10) -> Iterator[None]:
 
 
 def latencies(path: Path, cmd: str, calls: int) -> list[float]:
-    from daemon.atarictl.client import Client
-
     client = Client(path, timeout=10)
     out = []
     for _ in range(calls):
@@ -123,7 +125,7 @@ def _row(name: str, xs: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m daemon.control_server.bench",
+        prog="python -m daemon.atarictl.bench",
         description="Latency of control requests on a quiet socket and under attack.",
     )
     p.add_argument("--socket", type=Path, help="a running daemon's atarictl.sock")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             path = tmp / "bench.sock"
             stack.enter_context(
-                ControlServer(path, lambda r: {"ok": True, "result": r}, max_connections=32)
+                ControlServer(path, ok, max_connections=32)
             )
             cmd, target = "echo", "bare ControlServer (echo handler)"
         else:
