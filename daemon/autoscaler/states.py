@@ -1,4 +1,4 @@
-"""State names and ladder helpers for the autoscaler (stdlib only, no I/O).
+"""State names and ladder helpers for the autoscaler (no I/O; only the profile schema's name).
 
 The machine's states are the profile's ladder rungs plus ``fallback``. Fallback is a state of its
 own, not a level: it runs the profile's ``fallback_level`` settings, but while in it the machine may
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-FALLBACK = "fallback"
+# Defined by the profile schema, whose loader refuses a level of this name.
+from daemon.config.schema import FALLBACK_STATE as FALLBACK
 
 
 def validate_ladder(ladder: Sequence[str]) -> tuple[str, ...]:

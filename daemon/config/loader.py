@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,12 +10,23 @@ import yaml
 
 from daemon.config.errors import ProfileError
 from daemon.config.games import envpool_task, unknown_game_hint
-from daemon.config.schema import TRAINER_BASE_GIB, GameTarget, Level, Profile
-from daemon.config.yaml_walk import Ctx, mapping_items, node_of, scalar, section_from
+from daemon.config.schema import FALLBACK_STATE, TRAINER_BASE_GIB, GameTarget, Level, Profile
+from daemon.config.yaml_walk import (
+    Ctx,
+    check_number,
+    mapping_items,
+    node_of,
+    scalar,
+    section_from,
+)
+
+# Level names appear in `atarictl level pin NAME`, in status lines and in dotted field names.
+LEVEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def _games(ctx: Ctx, node: yaml.Node) -> tuple[GameTarget, ...]:
     out = []
+    tasks: dict[str, str] = {}
     for key, knode, vnode in mapping_items(ctx, node, "games"):
         full = f"games.{key}"
         try:
@@ -23,6 +35,14 @@ def _games(ctx: Ctx, node: yaml.Node) -> tuple[GameTarget, ...]:
             raise ctx.err(knode, full, str(e), "install envpool into this Python") from None
         if task is None:
             raise ctx.err(knode, full, "unknown game (not in envpool)", unknown_game_hint(key))
+        if task in tasks:
+            raise ctx.err(
+                knode,
+                full,
+                f"the same envpool game as games.{tasks[task]}",
+                "keep only one of them",
+            )
+        tasks[task] = key
         value = scalar(ctx, vnode, full)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ctx.err(
@@ -31,8 +51,7 @@ def _games(ctx: Ctx, node: yaml.Node) -> tuple[GameTarget, ...]:
                 f"expected a whole number of episodes, got {value!r}",
                 "write the target episode count like 3000",
             )
-        if value < 1:
-            raise ctx.err(vnode, full, f"must be >= 1, got {value}", "use a target >= 1")
+        check_number(ctx, vnode, full, value, lo=1)
         out.append(GameTarget(key, value))
     if not out:
         raise ctx.err(node, "games", "no games", "list at least one game with its target")
@@ -42,11 +61,74 @@ def _games(ctx: Ctx, node: yaml.Node) -> tuple[GameTarget, ...]:
 def _levels(ctx: Ctx, node: yaml.Node) -> tuple[tuple[Level, ...], dict[str, yaml.Node]]:
     out, nodes = [], {}
     for key, knode, vnode in mapping_items(ctx, node, "levels"):
+        if key == FALLBACK_STATE:
+            raise ctx.err(
+                knode,
+                f"levels.{key}",
+                f"'{key}' is the autoscaler's own state, not a level",
+                "rename that level (autoscaler.fallback_level says which level the state runs)",
+            )
+        if not LEVEL_NAME.match(key):
+            raise ctx.err(
+                knode,
+                f"levels.{key}",
+                "a level name is 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+                "rename that level",
+            )
         out.append(section_from(ctx, Level, vnode, f"levels.{key}", extra={"name": key}))
         nodes[key] = knode
     if not out:
         raise ctx.err(node, "levels", "no levels", "define at least one level")
     return tuple(out), nodes
+
+
+def _compose(path: Path) -> yaml.Node | None:
+    """The file's YAML node tree; every way reading or parsing can fail is one ProfileError."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProfileError(
+            str(path),
+            None,
+            "profile",
+            f"cannot read ({e.strerror or e})",
+            "check the path and its permissions",
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ProfileError(
+            str(path),
+            line,
+            "profile",
+            f"not UTF-8 text (byte {data[e.start]:#04x})",
+            "save it as UTF-8",
+        ) from None
+    try:
+        return yaml.compose(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        problem = e.problem or e.context or "syntax error"
+        raise ProfileError(
+            str(path),
+            line,
+            "profile",
+            f"not valid YAML ({problem})",
+            "fix the YAML syntax at that line",
+        ) from None
+    except yaml.YAMLError as e:  # a ReaderError (a control character) has a position, no mark
+        position = getattr(e, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+        reason = getattr(e, "reason", None) or type(e).__name__
+        raise ProfileError(
+            str(path), line, "profile", f"not valid YAML ({reason})", "remove that character"
+        ) from None
+    except RecursionError:
+        raise ProfileError(
+            str(path), None, "profile", "not valid YAML (nested too deeply)", "flatten the nesting"
+        ) from None
 
 
 def load_profile(path: Path | str, *, host_memory_bytes: int | None = None) -> Profile:
@@ -57,28 +139,7 @@ def load_profile(path: Path | str, *, host_memory_bytes: int | None = None) -> P
     """
     path = Path(path)
     ctx = Ctx(str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProfileError(
-            str(path),
-            None,
-            "profile",
-            f"cannot read ({e.strerror})",
-            "check the path and its permissions",
-        ) from None
-    try:
-        root = yaml.compose(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        raise ProfileError(
-            str(path),
-            line,
-            "profile",
-            f"not valid YAML ({e.problem})",
-            "fix the YAML syntax at that line",
-        ) from None
+    root = _compose(path)
     if root is None:
         raise ProfileError(str(path), 1, "profile", "empty file", "copy profiles/cpu-tiny.yaml")
     games_node = levels_node = None
@@ -133,8 +194,23 @@ def _cross_check(
         )
     for lv in a.ladder:
         need_level(lv, "autoscaler", "ladder")
+    repeated = sorted({lv for lv in a.ladder if a.ladder.count(lv) > 1})
+    if repeated:
+        raise ctx.err(
+            node_of(root, "autoscaler", "ladder"),
+            "autoscaler.ladder",
+            f"repeats {', '.join(repeated)}",
+            "list each level once, lowest first",
+        )
     need_level(a.fallback_level, "autoscaler", "fallback_level")
-    need_level(a.pinned, "autoscaler", "pinned")
+    states = (*a.ladder, FALLBACK_STATE)  # what the machine can be pinned to
+    if a.pinned is not None and a.pinned not in states:
+        raise ctx.err(
+            node_of(root, "autoscaler", "pinned"),
+            "autoscaler.pinned",
+            f"'{a.pinned}' is not on autoscaler.ladder [{', '.join(a.ladder)}]",
+            f"pin one of: {', '.join(states)}",
+        )
     if a.cooldown_max < a.cooldown:
         raise ctx.err(
             node_of(root, "autoscaler", "cooldown_max"),

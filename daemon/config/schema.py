@@ -22,6 +22,11 @@ TRAINER_BASE_GIB = 1.5
 ENV_MIB = 8.0
 DEFAULT_BUFFER_GIB = 1.0
 
+# The autoscaler's own state beside the ladder rungs (daemon/autoscaler/states.py imports it). A
+# level of this name could not be told apart from the state in `level pin`, status or history, and
+# the machine refuses a ladder holding it, so the loader refuses the level.
+FALLBACK_STATE = "fallback"
+
 
 # ---------------------------------------------------------------------------- schema metadata
 # kind: int | float | duration | str | bool | strlist | size | section (nested dataclass)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -33,17 +34,33 @@ _SIZE_UNITS = {
 }
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``; ValueError if not."""
+# Every number in a profile must be finite and small enough to become a float, a timer deadline or
+# a timedelta: NaN compares False against every bound, so range checks alone let it through, and
+# inf or a 400-digit integer crash whatever first does arithmetic on it, long after the load.
+MAX_NUMBER = 2**53  # the largest integer a float holds exactly
+MAX_DURATION_S = 3650 * 86400.0  # ten years: past any sensible interval, well inside timedelta
+
+
+def _seconds(value: object) -> float | int:
+    """The number a duration value stands for, not yet checked for finiteness or range."""
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, int | float):
-        return float(value)
+        return value
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _DUR_UNITS[m.group(2)]
     if isinstance(value, str) and value.strip().startswith("-"):
         return -1.0  # reported as "must be positive" by the caller
     raise ValueError("not a duration")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``; ValueError if not
+    (also for NaN, infinity and anything past ``MAX_DURATION_S``)."""
+    seconds = _seconds(value)
+    if not (isinstance(seconds, int) or math.isfinite(seconds)) or abs(seconds) > MAX_DURATION_S:
+        raise ValueError("not a finite duration")
+    return float(seconds)
 
 
 class Ctx:
@@ -64,7 +81,16 @@ def scalar(ctx: Ctx, node: yaml.Node, name: str) -> Any:
             + ("mapping" if isinstance(node, yaml.MappingNode) else "list"),
             "write one value on the line",
         )
-    return yaml.safe_load(yaml.serialize(node))
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # e.g. !!python/object
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise ctx.err(
+            node,
+            name,
+            f"cannot read the value {_shown(node)} ({problem})",
+            "write a plain number, string, true/false or null",
+        ) from None
 
 
 def mapping_items(
@@ -76,6 +102,10 @@ def mapping_items(
         )
     seen: set[str] = set()
     for knode, vnode in node.value:
+        if not isinstance(knode, yaml.ScalarNode):
+            raise ctx.err(
+                knode, name or "profile", "a key must be a plain name", "write key: value"
+            )
         key = str(knode.value)
         full = f"{name}.{key}" if name else key
         if key in seen:
@@ -102,6 +132,7 @@ def _convert(ctx: Ctx, f: dataclasses.Field[Any], node: yaml.Node, name: str) ->
             out.append(str(v))
         return tuple(out)
     value = scalar(ctx, node, name)
+    bounds = {"lo": meta["lo"], "positive": meta["positive"]}
     if value is None:
         if meta["optional"]:
             return None
@@ -119,16 +150,16 @@ def _convert(ctx: Ctx, f: dataclasses.Field[Any], node: yaml.Node, name: str) ->
             raise ctx.err(
                 node, name, f"expected a whole number, got {value!r}", "write an integer like 4"
             )
-        return _check_range(ctx, meta, node, name, value)
+        return check_number(ctx, node, name, value, MAX_NUMBER, **bounds)
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ctx.err(
                 node, name, f"expected a number, got {value!r}", "write a number like 2.5"
             )
-        return _check_range(ctx, meta, node, name, float(value))
+        return float(check_number(ctx, node, name, value, MAX_NUMBER, **bounds))
     if kind == "duration":
         try:
-            seconds = parse_duration(value)
+            seconds = _seconds(value)
         except ValueError:
             raise ctx.err(
                 node,
@@ -136,12 +167,13 @@ def _convert(ctx: Ctx, f: dataclasses.Field[Any], node: yaml.Node, name: str) ->
                 f"expected a duration, got {value!r}",
                 'write seconds (90) or a string like "90s", "15m", "2h"',
             ) from None
-        return _check_range(ctx, meta, node, name, seconds)
+        return float(check_number(ctx, node, name, seconds, MAX_DURATION_S, **bounds))
     if kind == "size":
+        size: float | int
         if isinstance(value, int) and not isinstance(value, bool):
             size = value
         elif isinstance(value, str) and (m := _SIZE.match(value)):
-            size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower() or None])
+            size = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower() or None]
         else:
             raise ctx.err(
                 node,
@@ -149,17 +181,40 @@ def _convert(ctx: Ctx, f: dataclasses.Field[Any], node: yaml.Node, name: str) ->
                 f"expected a size, got {value!r}",
                 'write bytes (1048576) or a string like "10MB"',
             )
-        return _check_range(ctx, meta, node, name, size)
+        return int(check_number(ctx, node, name, size, MAX_NUMBER, **bounds))
     raise AssertionError(kind)
 
 
-def _check_range(ctx: Ctx, meta: Any, node: yaml.Node, name: str, v: float) -> Any:
-    if meta["positive"] and v <= 0:
-        raise ctx.err(node, name, f"must be positive, got {v:g}", "use a value > 0")
-    if meta["lo"] is not None and v < meta["lo"]:
+def _shown(node: yaml.Node) -> str:
+    """The value as the operator wrote it, cut short: a 400-digit number fits on the line."""
+    text = str(node.value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def check_number(
+    ctx: Ctx,
+    node: yaml.Node,
+    name: str,
+    v: float | int,
+    cap: float = MAX_NUMBER,
+    *,
+    lo: float | None = None,
+    positive: bool = False,
+) -> float | int:
+    """The one range check every number goes through: finite first, then the cap, then the
+    field's own bounds (``positive``, ``lo``, from its schema metadata)."""
+    if isinstance(v, float) and not math.isfinite(v):
         raise ctx.err(
-            node, name, f"must be >= {meta['lo']:g}, got {v:g}", f"use a value >= {meta['lo']:g}"
+            node, name, f"must be a finite number, got {_shown(node)}", "write a plain number"
         )
+    if abs(v) > cap:
+        raise ctx.err(
+            node, name, f"must be at most {cap:g}, got {_shown(node)}", f"use a value <= {cap:g}"
+        )
+    if positive and v <= 0:
+        raise ctx.err(node, name, f"must be positive, got {v:g}", "use a value > 0")
+    if lo is not None and v < lo:
+        raise ctx.err(node, name, f"must be >= {lo:g}, got {v:g}", f"use a value >= {lo:g}")
     return v
 
 
