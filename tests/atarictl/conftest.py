@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ctl_helpers import populate_state
+
+from tests.support.state import populate_state
 
 
 @pytest.fixture

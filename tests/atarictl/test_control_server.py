@@ -197,7 +197,7 @@ def test_group_is_applied(sock_path: Path) -> None:
 
 
 def test_stays_responsive_under_attack(sock_path: Path) -> None:
-    from ctl_attacks import assert_answers_within_a_second, attack
+    from tests.support.attacks import assert_answers_within_a_second, attack
 
     calls = []
 

@@ -10,11 +10,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from ctl_helpers import atarictl, populate_state
 
 from daemon.atarictl.backup import BackupError, backup, restore, verify
 from daemon.control_server import ControlServer
 from daemon.paths import resolve_dirs as resolve
+from tests.support.state import atarictl, populate_state
 
 
 def _rows(db: Path, table: str) -> list[tuple]:

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ctl_attacks import assert_answers_within_a_second, attack
 from ctl_daemon import Daemon, write_profile
 
 from daemon.atarictl.client import Client, UnknownGame
+from tests.support.attacks import assert_answers_within_a_second, attack
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from ctl_helpers import atarictl
 
 from daemon.atarictl import formatting as fmt
 from daemon.atarictl.logs import follow, last_lines
 from daemon.atarictl.offline import history, models, offline_status
 from daemon.paths import resolve_dirs as resolve
+from tests.support.state import atarictl
 
 
 def test_status_reads_the_database_when_the_daemon_is_down(state: Path) -> None:

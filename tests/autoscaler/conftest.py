@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoscaler_box import Box, policy
+
+from tests.support.autoscaler_box import Box, policy
 
 
 @pytest.fixture

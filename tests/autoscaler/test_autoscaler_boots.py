@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from autoscaler_box import T0, Box
 
 from daemon.autoscaler import Autoscaler, BootIdError
 from daemon.autoscaler.boots import (
@@ -20,6 +19,7 @@ from daemon.autoscaler.boots import (
     kernel_boot_time,
     read_boot_id,
 )
+from tests.support.autoscaler_box import T0, Box
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

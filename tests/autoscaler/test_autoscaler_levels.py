@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from autoscaler_box import HOUR, MIN, Box, policy
 
 from daemon.autoscaler import Autoscaler, PinError
 from daemon.autoscaler.repository import AutoscalerRepository
 from daemon.config import CrashStorm
 from daemon.store.schema import Outcome
+from tests.support.autoscaler_box import HOUR, MIN, Box, policy
 
 MakeBox = Callable[..., Box]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from autoscaler_box import HOUR, MIN, policy
 
 from daemon.autoscaler import policy as g
 from daemon.autoscaler.policy import Facts
 from daemon.autoscaler.states import FALLBACK, level_of, next_rung, state_names, validate_ladder
 from daemon.config import CrashStorm
+from tests.support.autoscaler_box import HOUR, MIN, policy
 
 P = policy()
 

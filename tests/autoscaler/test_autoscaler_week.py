@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable
 
 import pytest
-from autoscaler_box import Box
+
+from tests.support.autoscaler_box import Box
 
 CHECK_EVERY = 15 * 60.0
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0}

@@ -1,4 +1,4 @@
-"""Helpers for the atarictl tests: a state dir with real store rows and run dirs, and the
+"""For the atarictl tests: a state dir with real store rows and run dirs, and the
 atarictl process."""
 
 from __future__ import annotations
