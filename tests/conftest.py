@@ -1,10 +1,13 @@
-"""Suite-wide fixtures and the GPU skip rule."""
+"""Suite-wide fixtures (the real-daemon pools of tests/support/daemon.py) and the GPU skip rule."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from tests.support.daemon import DaemonPool, RealDaemon
 
 # Two cores in CI: keep torch and OpenMP from oversubscribing them in every subprocess too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -26,3 +29,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def daemons(tmp_path) -> Iterator[DaemonPool]:
+    """Real daemons for one test (``daemons.start(profile)``), killed with every trainer at
+    teardown; their logs are attached to a failing test's report."""
+    pool = DaemonPool(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture(scope="module")
+def module_daemons(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[DaemonPool]:
+    """The same, shared by one module's tests (a real daemon is expensive to start)."""
+    pool = DaemonPool(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    if report.failed:
+        # The daemon's own log says why a wait timed out; pytest shows these sections.
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, DaemonPool):
+                for title, text in value.logs():
+                    report.sections.append((title, text))
+            elif isinstance(value, RealDaemon):
+                report.sections.append((f"{value.name} log ({value.log})", value.tail(6000)))
+    return report

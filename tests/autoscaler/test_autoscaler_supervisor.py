@@ -15,18 +15,16 @@ import pytest
 from daemon.autoscaler import Autoscaler
 from daemon.autoscaler.commands import attach
 from daemon.clock import FakeClock
-from daemon.config import load_profile
 from daemon.process import ProcessManager, State
 from daemon.store import Store
 from daemon.supervisor import Check, Supervisor
-from tests.daemon.test_process_manager import PROFILE, FakeOs
+from tests.support.fake_os import FakeOs
+from tests.support.profiles import MANAGER_PROFILE
 
 
 @pytest.fixture
 def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeOs, FakeClock]]:
-    path = tmp_path / "p.yaml"
-    path.write_text(PROFILE)
-    profile = load_profile(path)
+    profile = MANAGER_PROFILE.load(tmp_path / "p.yaml")
     clock, fake = FakeClock(), FakeOs()
     store = Store.open(tmp_path / "atari.db")
     boot = tmp_path / "boot_id"
@@ -137,9 +135,7 @@ def test_the_crash_guard_counts_what_the_process_manager_calls_a_crash(sup: Any)
 
 def test_reload_hands_the_new_policy_to_the_autoscaler(sup: Any) -> None:
     s, scaler, _, clock = sup
-    path = Path(s.profile.path)
-    path.write_text(PROFILE.replace("{ladder: [light, medium]}",
-                                    "{ladder: [light, medium], promote_after: 10m}"))  # fmt: skip
+    MANAGER_PROFILE.section("autoscaler", promote_after="10m").write(Path(s.profile.path))
     assert ask(s, "reload")["ok"]
     assert scaler.policy.promote_after == 600
     clock.advance(10 * 60)

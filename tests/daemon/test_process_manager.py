@@ -6,88 +6,25 @@ The real seam (spawn, signals, wait) is exercised by tests/daemon/test_integrati
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 from pathlib import Path
 
 import pytest
 
-from daemon.clock import FakeClock
-from daemon.config import Profile, load_profile
-from daemon.process import Proc, ProcessManager, State
-from daemon.store import Store
-
-PROFILE = """\
-games:
-  CartPole-v1: 20
-  Pong: 50
-  Breakout: 30
-levels:
-  light: {games: 2, num_envs: 4, batch_size: 32, buffer_gb: 0.05}
-  medium: {games: 3, num_envs: 8, batch_size: 64, buffer_gb: 0.05}
-start_level: light
-autoscaler: {ladder: [light, medium]}
-startsecs: 5s
-stop_grace: 30s
-frozen_after: 100s
-backoff: {initial: 10s, factor: 2, max: 40s, reset_after: 600s, storm_crashes: 3,
-          storm_window: 600s}
-"""
-
-
-class FakeOs:
-    def __init__(self) -> None:
-        self.next_pid = 1000
-        self.exits: dict[int, int | None] = {}
-        self.signals: list[tuple[int, signal.Signals]] = []
-        self.argv: dict[int, list[str]] = {}
-
-    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc:
-        self.next_pid += 1
-        self.exits[self.next_pid] = None
-        self.argv[self.next_pid] = argv
-        return Proc(self.next_pid, None)
-
-    def poll(self, proc: Proc) -> int | None:
-        return self.exits[proc.pid]
-
-    def signal_group(self, proc: Proc, sig: signal.Signals) -> None:
-        self.signals.append((proc.pid, sig))
-
-    def wait(self, proc: Proc, timeout: float) -> int | None:
-        return self.exits[proc.pid]
+from daemon.config import Profile
+from daemon.process import ProcessManager, State
+from tests.support.fake_os import FakeOs, ManagerParts, build_manager, pid, states, write_progress
+from tests.support.profiles import MANAGER_PROFILE
 
 
 @pytest.fixture
 def profile(tmp_path: Path) -> Profile:
-    path = tmp_path / "p.yaml"
-    path.write_text(PROFILE)
-    return load_profile(path)
+    return MANAGER_PROFILE.load(tmp_path / "p.yaml")
 
 
 @pytest.fixture
-def env(tmp_path: Path, profile: Profile) -> tuple[ProcessManager, FakeOs, FakeClock, Store]:
-    clock, fake = FakeClock(), FakeOs()
-    store = Store.open(tmp_path / "atari.db")
-    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs", "light")
-    mgr.restore()
-    return mgr, fake, clock, store
-
-
-def states(mgr: ProcessManager) -> dict[str, str]:
-    return {n: g.state.value for n, g in mgr.games.items()}
-
-
-def pid(mgr: ProcessManager, game: str) -> int:
-    proc = mgr.games[game].proc
-    assert proc is not None
-    return proc.pid
-
-
-def write_progress(mgr: ProcessManager, game: str, **fields: object) -> None:
-    d = mgr.run_dir(game)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "progress.json").write_text(json.dumps(fields))
+def env(tmp_path: Path, profile: Profile) -> ManagerParts:
+    return build_manager(tmp_path, profile)
 
 
 def test_queue_runs_longest_target_first_in_the_level_slots(env) -> None:

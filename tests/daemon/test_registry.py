@@ -16,7 +16,8 @@ import torch
 from daemon.process import State
 from daemon.registry import ModelRegistry, read_metadata
 from daemon.store import Store
-from tests.daemon.test_process_manager import env, pid, profile  # noqa: F401  (fixtures)
+from tests.support.fake_os import ManagerParts, build_manager, pid
+from tests.support.profiles import MANAGER_PROFILE
 from trainer import checkpoint
 
 
@@ -119,7 +120,12 @@ def test_the_daemon_reads_model_files_without_importing_torch(tmp_path: Path) ->
     assert out.stdout.split() == ["7", "3.5", "False"]
 
 
-def test_the_process_manager_keeps_the_registry_current(env) -> None:  # noqa: F811
+@pytest.fixture
+def env(tmp_path: Path) -> ManagerParts:
+    return build_manager(tmp_path, MANAGER_PROFILE.load(tmp_path / "p.yaml"))
+
+
+def test_the_process_manager_keeps_the_registry_current(env: ManagerParts) -> None:
     mgr, fake, clock, store = env
     mgr.tick()
     clock.advance(5)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from daemon.clock import FakeClock
-from daemon.config import load_profile
 from daemon.logging import configure_logging
 from daemon.process import ProcessManager, State
 from daemon.store import Store, StoreError
 from daemon.supervisor import Check, FixedLevel, Shutdown, Supervisor
-from tests.daemon.test_process_manager import PROFILE, FakeOs
+from tests.support.fake_os import FakeOs
+from tests.support.profiles import MANAGER_PROFILE
 
 
 class SwitchableLevel:
@@ -33,9 +33,7 @@ class SwitchableLevel:
 
 @pytest.fixture
 def sup(tmp_path: Path) -> tuple[Supervisor, FakeOs, FakeClock]:
-    path = tmp_path / "p.yaml"
-    path.write_text(PROFILE)
-    profile = load_profile(path)
+    profile = MANAGER_PROFILE.load(tmp_path / "p.yaml")
     clock, fake = FakeClock(), FakeOs()
     store = Store.open(tmp_path / "atari.db")
     mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs", "light")
@@ -143,12 +141,12 @@ def test_registered_command_runs_in_the_loop(sup) -> None:
 def test_reload_with_a_broken_profile_keeps_the_running_one(sup) -> None:
     s, _, _ = sup
     before = s.profile
-    Path(s.profile.path).write_text(PROFILE.replace("startsecs: 5s", "startsecs: -5s"))
+    MANAGER_PROFILE.but(startsecs="-5s").write(Path(s.profile.path))
     reply = ask(s, "reload")
     assert reply["ok"] is False and reply["code"] == "bad_profile"
     assert "startsecs: must be >= 0" in reply["error"]
     assert s.profile is before
-    Path(s.profile.path).write_text(PROFILE.replace("Breakout: 30", "Breakout: 30\n  Boxing: 10"))
+    MANAGER_PROFILE.add_game("Boxing", 10).write(Path(s.profile.path))
     reply = ask(s, "reload")
     assert reply["ok"] is True and reply["result"]["changes"] == ["added Boxing"]
     assert s.manager.games["Boxing"].state is State.QUEUED
@@ -179,7 +177,7 @@ def test_stability_check_changes_the_level_with_a_graceful_restart(sup) -> None:
 def test_reload_applies_a_changed_start_level_with_a_fixed_level(sup) -> None:
     s, fake, _ = sup
     old = {g.proc.pid for g in s.manager.games.values() if g.proc is not None}
-    Path(s.profile.path).write_text(PROFILE.replace("start_level: light", "start_level: medium"))
+    MANAGER_PROFILE.but(start_level="medium").write(Path(s.profile.path))
     reply = ask(s, "reload")
     assert reply["ok"] is True and reply["result"]["changes"] == ["start_level light -> medium"]
     assert s.level_source.current_level() == s.manager.level == "medium"
@@ -260,9 +258,7 @@ def test_a_failing_loop_pass_does_not_kill_the_daemon(sup) -> None:
 def test_reload_of_the_current_levels_settings_restarts_the_running_games(sup) -> None:
     s, fake, _ = sup
     old = {g.proc.pid for g in s.manager.games.values() if g.proc is not None}
-    Path(s.profile.path).write_text(
-        PROFILE.replace("light: {games: 2, num_envs: 4", "light: {games: 1, num_envs: 6")
-    )
+    MANAGER_PROFILE.level("light", games=1, num_envs=6).write(Path(s.profile.path))
     reply = ask(s, "reload")
     assert reply["ok"] is True
     assert reply["result"]["changes"] == ["level light settings changed: 2 running games restart"]
@@ -275,9 +271,7 @@ def test_reload_of_the_current_levels_settings_restarts_the_running_games(sup) -
     # An unchanged profile restarts nothing, nor does a raised slot count: the slot just fills.
     assert ask(s, "reload")["result"]["changes"] == []
     signals = len(fake.signals)
-    Path(s.profile.path).write_text(
-        PROFILE.replace("light: {games: 2, num_envs: 4", "light: {games: 2, num_envs: 6")
-    )
+    MANAGER_PROFILE.level("light", games=2, num_envs=6).write(Path(s.profile.path))
     assert ask(s, "reload")["result"]["changes"] == []
     assert len(fake.signals) == signals
     assert sum(g.proc is not None for g in s.manager.games.values()) == 2
