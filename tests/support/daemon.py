@@ -72,13 +72,13 @@ class RealDaemon:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig: signal.Signals) -> None:
+    def send(self, sig: signal.Signals) -> None:
         assert self.proc is not None, "not started"
         self.proc.send_signal(sig)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 120.0) -> int:
         """Signal the daemon (SIGTERM: graceful) and return its exit status."""
-        self.signal(sig)
+        self.send(sig)
         assert self.proc is not None
         try:
             return self.proc.wait(timeout)
