@@ -1,105 +1,53 @@
-"""``Store``: the one SQLite engine of a process, its pragmas, schema check and small repositories.
+"""``Store``: the one gateway to the database: every read and write of the daemon and its tests.
 
-Writes are short transactions on the main loop (and the telemetry job); readers (atarictl offline,
-the autoscaler) use the same tables. ``synchronous=FULL`` because what we record most carefully is
-what happened just before a reboot.
+Each method is one short transaction (writes on the main loop and the telemetry job), and every
+driver error leaves it as a one-line ``StoreError`` (locked, corrupt, read-only), so the daemon's
+``except StoreError`` sees every database failure. The SQL is SQLAlchemy Core; what is specific
+to SQLite (pragmas, upsert, integrity checks, snapshots) lives in ``daemon/store/sqlite.py``.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Table,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from daemon.store import schema as s
+from daemon.store.sqlite import begin_write, explain, make_engine, quick_check, upsert
 
 
 class StoreError(RuntimeError):
     """The database cannot be used (locked, corrupt, newer schema); str() is one line."""
 
 
-_ENGINES: dict[tuple[str, float], Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _engine_for(path: Path, busy_timeout_s: float) -> Engine:
-    """One engine per database file per process (SQLAlchemy pools connections per engine)."""
-    key = (str(path.resolve()), busy_timeout_s)
-    with _ENGINES_LOCK:
-        eng = _ENGINES.get(key)
-        if eng is None:
-            eng = create_engine(
-                f"sqlite:///{key[0]}",
-                connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
-            )
-
-            @event.listens_for(eng, "connect")
-            def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-                cur.execute("PRAGMA journal_mode = WAL")
-                cur.execute("PRAGMA synchronous = FULL")
-                cur.execute("PRAGMA foreign_keys = ON")
-                cur.close()
-
-            _ENGINES[key] = eng
-        return eng
-
-
-def _explain(path: Path, e: BaseException) -> StoreError:
-    msg = str(getattr(e, "orig", e)) or type(e).__name__
-    if "locked" in msg or "busy" in msg:
-        return StoreError(
-            f"{path}: database is locked by another process ({msg}); stop the other "
-            "atari-supervisord/atarictl using it, or wait and retry"
-        )
-    if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
-        return StoreError(
-            f"{path}: database is corrupt ({msg}); restore it with `atarictl restore BACKUP` "
-            "or move it aside to start from the run dirs (progress is kept there)"
-        )
-    return StoreError(f"{path}: cannot open database ({msg}); check the file and its directory")
-
-
-def upsert(
-    conn: Connection,
-    table: Table,
-    key: dict[str, Any],
-    values: dict[str, Any],
-    defaults: dict[str, Any] | None = None,
-) -> None:
-    """Insert the row ``key`` or update its ``values`` (one statement: SQLite's ON CONFLICT).
-    ``defaults`` fill columns only when the row is new."""
-    stmt = sqlite_insert(table).values(**{**(defaults or {}), **values, **key})
-    if values:
-        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=values)
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
-    conn.execute(stmt)
+# Built once: these run on every stability check and building the expressions costs more than
+# running them.
+_REBOOTS_SINCE = (
+    select(s.boots.c.detected_at)
+    .where(s.IS_REBOOT, s.boots.c.detected_at >= bindparam("since"))
+    .order_by(s.boots.c.detected_at)
+)
+# A crash is a run that died on its own: the process manager records that as runs.outcome.
+_CRASHES_SINCE = (
+    select(s.runs.c.ended_at)
+    .where(
+        s.runs.c.ended_at.is_not(None),
+        s.runs.c.ended_at >= bindparam("since"),
+        s.runs.c.outcome.in_(s.CRASH_OUTCOMES),
+    )
+    .order_by(s.runs.c.ended_at)
+)
+LEVEL_STATE_ID = 1  # level_state is a singleton row
 
 
 class Store:
     """Open with ``Store.open(path)``; every method is one short transaction, thread-safe."""
 
-    def __init__(self, path: Path, engine: Engine) -> None:
+    def __init__(self, path: Path, engine: Any) -> None:
         self.path = path
         self.engine = engine
 
@@ -110,23 +58,17 @@ class Store:
         path = Path(path)
         if not path.parent.is_dir():
             raise StoreError(f"{path}: directory {path.parent} does not exist; create it first")
-        engine = _engine_for(path, busy_timeout_s)
-        store = cls(path, engine)
+        store = cls(path, make_engine(path, busy_timeout_s))
         try:
             store._check_and_migrate()
         except DBAPIError as e:
-            raise _explain(path, e) from None
+            raise StoreError(explain(path, e)) from None
         return store
 
     def _check_and_migrate(self) -> None:
         with self.engine.begin() as conn:
-            # pysqlite opens a transaction only before DML, so without this a migration's DDL
-            # (ALTER TABLE) would commit on its own: a failure midway would leave a half-migrated
-            # file at the old version that no later open could migrate. IMMEDIATE also takes the
-            # write lock first, so two processes opening an old file migrate it one at a time.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            # quick_check reads every page header: a corrupt file fails here, not mid-run.
-            result = conn.exec_driver_sql("PRAGMA quick_check").scalar()
+            begin_write(conn)  # the migration below is one transaction, DDL included
+            result = quick_check(conn)
             if result != "ok":
                 raise StoreError(
                     f"{self.path}: database is corrupt (quick_check: {result}); restore it with "
@@ -160,18 +102,14 @@ class Store:
             # Always a write: a database locked by another writer is reported here, at open.
             conn.execute(update(s.schema_version).values(version=version))
 
-    def schema_version(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(s.schema_version.c.version)).scalar_one())
-
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A transaction on a Core connection (for query helpers outside this module)."""
+    def _begin(self) -> Iterator[Connection]:
+        """One transaction; a driver error leaves as a one-line StoreError."""
         try:
             with self.engine.begin() as conn:
                 yield conn
         except DBAPIError as e:
-            raise _explain(self.path, e) from None
+            raise StoreError(explain(self.path, e)) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -187,7 +125,7 @@ class Store:
         from_state: str | None = None,
         to_state: str | None = None,
     ) -> None:
-        with self.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 insert(s.decisions).values(
                     at=at,
@@ -199,21 +137,32 @@ class Store:
                 )
             )
 
-    def decisions(self, since: float = 0.0, game: str | None = None) -> list[dict[str, Any]]:
-        q = select(s.decisions).where(s.decisions.c.at >= since).order_by(s.decisions.c.id)
+    def decisions(
+        self,
+        since: float = 0.0,
+        game: str | None = None,
+        kinds: tuple[str, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Oldest first; with ``limit``, only the newest ``limit`` rows."""
+        q = select(s.decisions).where(s.decisions.c.at >= since).order_by(s.decisions.c.id.desc())
         if game is not None:
             q = q.where(s.decisions.c.game == game)
-        with self.begin() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+        if kinds is not None:
+            q = q.where(s.decisions.c.kind.in_(kinds))
+        if limit:
+            q = q.limit(limit)
+        with self._begin() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)][::-1]
 
     # ------------------------------------------------------------------ games
 
     def upsert_game(self, name: str, **fields: Any) -> None:
-        with self.begin() as conn:
+        with self._begin() as conn:
             upsert(conn, s.games, {"name": name}, fields, {"state": "QUEUED", "target": 0})
 
     def games(self) -> dict[str, dict[str, Any]]:
-        with self.begin() as conn:
+        with self._begin() as conn:
             return {r.name: dict(r._mapping) for r in conn.execute(select(s.games))}
 
     # ------------------------------------------------------------------ runs
@@ -229,7 +178,7 @@ class Store:
         batch_size: int | None,
         proc_start_time: float | None,
     ) -> int:
-        with self.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 insert(s.runs).values(
                     game=game,
@@ -255,7 +204,7 @@ class Store:
     ) -> None:
         """``outcome`` (crash/stopped/done/unknown) is what the crash-storm guard reads; the
         process manager always gives it. None leaves the run unclassified (never a crash)."""
-        with self.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(s.runs)
                 .where(s.runs.c.id == run_id)
@@ -271,20 +220,20 @@ class Store:
     def open_runs(self) -> list[dict[str, Any]]:
         """Runs with no end recorded: after a daemon crash these may still be alive."""
         q = select(s.runs).where(s.runs.c.ended_at.is_(None)).order_by(s.runs.c.id)
-        with self.begin() as conn:
+        with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
     def runs(self, game: str | None = None) -> list[dict[str, Any]]:
         q = select(s.runs).order_by(s.runs.c.id)
         if game is not None:
             q = q.where(s.runs.c.game == game)
-        with self.begin() as conn:
+        with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
     # ------------------------------------------------------------------ daemon runs and boots
 
     def daemon_started(self, pid: int, boot_id: str | None, at: float) -> int:
-        with self.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 insert(s.daemon_runs).values(
                     pid=pid, boot_id=boot_id, started_at=at, last_heartbeat=at, clean_shutdown=False
@@ -293,13 +242,13 @@ class Store:
             return int(res.inserted_primary_key[0])
 
     def daemon_heartbeat(self, run_id: int, at: float) -> None:
-        with self.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(s.daemon_runs).where(s.daemon_runs.c.id == run_id).values(last_heartbeat=at)
             )
 
     def daemon_stopped(self, run_id: int, at: float, clean: bool) -> None:
-        with self.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(s.daemon_runs)
                 .where(s.daemon_runs.c.id == run_id)
@@ -310,60 +259,88 @@ class Store:
         q = select(s.daemon_runs).order_by(s.daemon_runs.c.id.desc()).limit(1)
         if before_id is not None:
             q = q.where(s.daemon_runs.c.id < before_id)
-        with self.begin() as conn:
+        with self._begin() as conn:
             row = conn.execute(q).first()
             return dict(row._mapping) if row else None
 
-    def record_boot(self, boot_id: str, detected_at: float, **fields: Any) -> None:
-        with self.begin() as conn:
+    def record_boot(self, boot_id: str, detected_at: float, *, reason: str, **fields: Any) -> None:
+        """A boot row and the ``boot`` decision that explains it, in one transaction."""
+        with self._begin() as conn:
             conn.execute(insert(s.boots).values(boot_id=boot_id, detected_at=detected_at, **fields))
+            conn.execute(
+                insert(s.decisions).values(
+                    at=detected_at,
+                    kind="boot",
+                    from_state=fields.get("previous_boot_id"),
+                    to_state=boot_id,
+                    reason=reason,
+                )
+            )
 
-    def last_boot(self) -> dict[str, Any] | None:
-        with self.begin() as conn:
-            row = conn.execute(select(s.boots).order_by(s.boots.c.id.desc()).limit(1)).first()
-            return dict(row._mapping) if row else None
+    def last_boot_and_daemon_run(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The newest boot row and the newest daemon run under that boot (either may be None)."""
+        with self._begin() as conn:
+            boot = conn.execute(
+                select(s.boots).order_by(s.boots.c.detected_at.desc(), s.boots.c.id.desc())
+            ).first()
+            if boot is None:
+                return None, None
+            run = conn.execute(
+                select(s.daemon_runs)
+                .where(s.daemon_runs.c.boot_id == boot.boot_id)
+                .order_by(s.daemon_runs.c.started_at.desc(), s.daemon_runs.c.id.desc())
+            ).first()
+        return dict(boot._mapping), dict(run._mapping) if run else None
+
+    def reboot_times(self, since: float) -> tuple[float, ...]:
+        """When each reboot since ``since`` was detected: boots that replaced a known earlier
+        boot (``schema.IS_REBOOT``); the very first boot a database sees is not a reboot."""
+        with self._begin() as conn:
+            rows = conn.execute(_REBOOTS_SINCE, {"since": since}).all()
+        return tuple(float(r.detected_at) for r in rows)
 
     def reboots_since(self, since: float) -> int:
-        """Boots that replaced a known earlier boot (``schema.IS_REBOOT``); the very first boot
-        a database sees is not a reboot. The autoscaler's guard counts the same rows."""
-        q = select(func.count()).where(s.IS_REBOOT, s.boots.c.detected_at >= since)
-        with self.begin() as conn:
-            return int(conn.execute(q).scalar_one())
+        return len(self.reboot_times(since))
+
+    def crash_times(self, since: float) -> tuple[float, ...]:
+        """When each run that crashed (``schema.CRASH_OUTCOMES``) since ``since`` ended."""
+        with self._begin() as conn:
+            rows = conn.execute(_CRASHES_SINCE, {"since": since}).all()
+        return tuple(float(r.ended_at) for r in rows)
 
     # ------------------------------------------------------------------ level state
 
     def level_state(self) -> dict[str, Any] | None:
-        with self.begin() as conn:
-            row = conn.execute(select(s.level_state).where(s.level_state.c.id == 1)).first()
+        q = select(s.level_state).where(s.level_state.c.id == LEVEL_STATE_ID)
+        with self._begin() as conn:
+            row = conn.execute(q).first()
             return dict(row._mapping) if row else None
 
-    def save_level_state(self, **fields: Any) -> None:
-        with self.begin() as conn:
-            upsert(conn, s.level_state, {"id": 1}, fields)
+    def save_level_state(self, decision: dict[str, Any] | None = None, **fields: Any) -> None:
+        """Upsert the singleton state row and, when given, the decision behind it (a
+        ``decisions`` row: at, kind, reason, from_state, to_state, game) in one transaction, so a
+        crash between the two never leaves a state change without its reason."""
+        with self._begin() as conn:
+            upsert(conn, s.level_state, {"id": LEVEL_STATE_ID}, fields)
+            if decision is not None:
+                conn.execute(insert(s.decisions).values(**decision))
 
     # ------------------------------------------------------------------ telemetry and models
 
     def add_telemetry(self, at: float, kind: str, payload: dict[str, Any]) -> None:
-        with self.begin() as conn:
+        with self._begin() as conn:
             conn.execute(insert(s.telemetry).values(at=at, kind=kind, payload=payload))
 
     def prune_telemetry(self, older_than: float) -> int:
-        with self.begin() as conn:
+        with self._begin() as conn:
             return int(
                 conn.execute(delete(s.telemetry).where(s.telemetry.c.at < older_than)).rowcount
             )
 
-    def telemetry(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        q = select(s.telemetry).order_by(s.telemetry.c.id.desc()).limit(limit)
-        if kind is not None:
-            q = q.where(s.telemetry.c.kind == kind)
-        with self.begin() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
-
     def upsert_model(self, game: str, kind: str, **fields: Any) -> None:
-        with self.begin() as conn:
+        with self._begin() as conn:
             upsert(conn, s.models, {"game": game, "kind": kind}, fields)
 
     def models(self) -> list[dict[str, Any]]:
-        with self.begin() as conn:
+        with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(select(s.models))]

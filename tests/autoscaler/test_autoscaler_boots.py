@@ -79,7 +79,7 @@ def test_record_boot_reads_heartbeat_and_clean_flag_from_daemon_runs(
     assert record.last_heartbeat_before == T0 + 510
     assert record.previous_clean_shutdown is True
     assert record.detected_at == T0 + 3600
-    stored = box.store.last_boot()
+    stored, _ = box.store.last_boot_and_daemon_run()
     assert stored is not None and stored["boot_id"] == new_boot
     assert stored["previous_clean_shutdown"] is True
     # The same boot again is a daemon restart, not a reboot.

@@ -199,10 +199,11 @@ def test_reload_applies_a_changed_start_level_with_a_fixed_level(sup) -> None:
 def test_status_counts_reboots_not_the_first_boot(sup) -> None:
     s, _, clock = sup
     now = clock.now()
-    s.store.record_boot("boot-1", now - 60, previous_boot_id=None)
+    s.store.record_boot("boot-1", now - 60, reason="first", previous_boot_id=None)
     assert ask(s, "status")["result"]["boots_last_hour"] == 0  # first boot seen: no reboot
-    s.store.record_boot("boot-2", now - 30, previous_boot_id="boot-1")
-    s.store.record_boot("boot-3", now - 3700, previous_boot_id="boot-0")  # over an hour ago
+    s.store.record_boot("boot-2", now - 30, reason="reboot", previous_boot_id="boot-1")
+    # Over an hour ago: not counted.
+    s.store.record_boot("boot-3", now - 3700, reason="reboot", previous_boot_id="boot-0")
     assert ask(s, "status")["result"]["boots_last_hour"] == 1
 
 

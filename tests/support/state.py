@@ -20,10 +20,11 @@ def populate_state(state: Path, now: float | None = None) -> Path:
     state.mkdir(parents=True, exist_ok=True)
     store = Store.open(state / "atari.db")
     try:
-        store.record_boot("b00tid-1", now - 7200, previous_boot_id=None)
+        store.record_boot("b00tid-1", now - 7200, reason="first boot", previous_boot_id=None)
         store.record_boot(
             "b00tid-2",
             now - 600,
+            reason="reboot: b00tid-1 -> b00tid-2",
             previous_boot_id="b00tid-1",
             downtime_s=42.0,
             previous_clean_shutdown=False,
