@@ -1,4 +1,7 @@
-"""Fixtures that boot a real systemd as PID 1 in private namespaces (see systemd_sandbox.py)."""
+"""Fixtures that boot a real systemd as PID 1 in private namespaces (see systemd_sandbox.py).
+
+Without a prerequisite (root, unshare, systemd ...) the tests skip with the reason, except
+under ``CI=true``, where they fail (tests/support/prereq.py): CI must prove this layer."""
 
 from __future__ import annotations
 
@@ -8,21 +11,24 @@ from pathlib import Path
 import pytest
 from systemd_sandbox import Sandbox, unavailable_reason
 
+from tests.support.prereq import missing
+
 _REASON: list[str | None] = []
 
 
-def skip_without_sandbox() -> None:
+def require_sandbox() -> None:
+    """Skip (fail under CI) when a sandbox cannot be booted here; probed once per session."""
     if not _REASON:
         _REASON.append(unavailable_reason())
     if _REASON[0] is not None:
-        pytest.skip(_REASON[0])
+        missing(_REASON[0])
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """One booted sandbox shared by a test module: booting is cheap (~1 s), but the tests'
     services are not, and a module is one story (start, kill, stop ...)."""
-    skip_without_sandbox()
+    require_sandbox()
     box = Sandbox(tmp_path_factory.mktemp("sandbox"))
     box.boot()
     try:
@@ -34,5 +40,5 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 @pytest.fixture
 def sandbox_root(tmp_path: Path) -> Path:
     """A root for tests that boot (and reboot) their own sandboxes."""
-    skip_without_sandbox()
+    require_sandbox()
     return tmp_path / "root"

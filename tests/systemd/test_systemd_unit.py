@@ -20,6 +20,7 @@ from daemon.atarictl.service import (
     unreachable_by,
 )
 from daemon.config import load_profile
+from tests.support.prereq import need
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -62,8 +63,8 @@ def test_render_refuses_an_interpreter_path_with_spaces() -> None:
         render_unit(UNIT_TEMPLATE.read_text(), "/home/me/my venv/bin/python")
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    need(shutil.which("systemd-analyze") is not None, "needs systemd-analyze on PATH")
     unit = tmp_path / UNIT_TEMPLATE.name
     unit.write_text(render_unit(UNIT_TEMPLATE.read_text(), sys.executable))
     result = subprocess.run(
@@ -86,6 +87,21 @@ def test_notify_watchdog_restart_and_install_settings() -> None:
     # PrivateDevices hides /dev/nvidia*; a device allow-list would block them too.
     for key in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock"):
         assert key not in UNIT, key
+
+
+def test_oom_policy_and_start_limit() -> None:
+    # A trainer OOM-killed by the kernel is one crashed game (backoff), not the whole service:
+    # the default OOMPolicy=stop would stop every other game's training too.
+    assert UNIT["OOMPolicy"] == ["continue"]
+    # A daemon that keeps failing at start gives up ("failed") instead of cycling for days:
+    # a few tries, each RestartSec apart, within the interval.
+    assert UNIT["StartLimitBurst"] == ["5"]
+    assert UNIT["StartLimitIntervalSec"] == ["30min"]
+    tries = int(UNIT["StartLimitBurst"][0])
+    assert tries * _seconds(UNIT["RestartSec"][0]) < _seconds(UNIT["StartLimitIntervalSec"][0])
+    # The limit must sit in [Unit]: systemd ignores StartLimit* under [Service] (with a warning).
+    unit_section = UNIT_TEMPLATE.read_text().split("[Service]")[0]
+    assert "StartLimitBurst=" in unit_section and "StartLimitIntervalSec=" in unit_section
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
@@ -113,10 +129,8 @@ def _run_install(env: dict[str, str], *prefix: str) -> subprocess.CompletedProce
     )
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
-)
 def test_install_refuses_without_root_in_one_line() -> None:
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv")
     result = _run_install(
         {"PATH": os.environ["PATH"]},
         "setpriv",
@@ -131,8 +145,8 @@ def test_install_refuses_without_root_in_one_line() -> None:
     assert "must run as root" in lines[0] and "sudo" in lines[0]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the systemctl check comes after the root check")
 def test_install_refuses_without_systemctl_in_one_line(tmp_path: Path) -> None:
+    need(os.geteuid() == 0, "needs root: the systemctl check comes after the root check")
     result = _run_install({"PATH": str(tmp_path)})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -155,10 +169,10 @@ def test_unreachable_by_names_the_blocking_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("systemctl") is None or Path("/run/systemd/system").is_dir(),
-    reason="needs root and a host with systemctl but without a running systemd",
+    Path("/run/systemd/system").is_dir(), reason="systemd runs here (this checks a host without)"
 )
 def test_install_refuses_where_systemd_is_not_running() -> None:
+    need(os.geteuid() == 0 and shutil.which("systemctl") is not None, "needs root and systemctl")
     result = _run_install({"PATH": os.environ["PATH"]})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
