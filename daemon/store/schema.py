@@ -24,7 +24,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -153,6 +153,32 @@ models = Table(
     Column("path", Text),
 )
 
+# Added in schema version 4 (issue 13): one row per `atarictl eval` (or daemon-run eval).
+evals = Table(
+    "evals",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("game", String, nullable=False, index=True),
+    Column("model_kind", String),  # best | latest | path
+    Column("model_path", Text),
+    Column("model_sha256", String),
+    Column("model_episode", Integer),  # training episodes behind the weights
+    Column("train_avg100", Float),
+    Column("episodes", Integer, nullable=False),
+    Column("mean", Float, nullable=False),
+    Column("median", Float),
+    Column("std", Float),
+    Column("min", Float),
+    Column("max", Float),
+    Column("human_normalized", Float),  # null: no published reference for the game
+    Column("seed", Integer),
+    Column("wall_s", Float),
+    Column("device", String),
+    Column("source", String),  # atarictl | daemon
+    Column("detail", JSON),  # protocol, per-episode scores and lengths, video
+)
+
 V1_TABLES = (
     "schema_version",
     "boots",
@@ -185,4 +211,8 @@ def _v2_to_v3(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(conn: Connection) -> None:
+    evals.create(conn, checkfirst=True)
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}

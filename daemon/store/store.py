@@ -344,3 +344,22 @@ class Store:
     def models(self) -> list[dict[str, Any]]:
         with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(select(s.models))]
+
+    # ------------------------------------------------------------------ evals (issue 13)
+
+    def record_eval(self, **fields: Any) -> int:
+        """One evaluation result (columns of ``schema.evals``); returns its id."""
+        with self._begin() as conn:
+            return int(conn.execute(insert(s.evals).values(**fields)).inserted_primary_key[0])
+
+    def evals(
+        self, game: str | None = None, since: float = 0.0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first; with ``limit``, only the newest ``limit`` rows."""
+        q = select(s.evals).where(s.evals.c.at >= since).order_by(s.evals.c.id.desc())
+        if game is not None:
+            q = q.where(s.evals.c.game == game)
+        if limit:
+            q = q.limit(limit)
+        with self._begin() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)][::-1]

@@ -107,7 +107,8 @@ def test_older_schema_is_migrated(tmp_path: Path) -> None:
             )  # fmt: skip
     eng.dispose()
     store = Store.open(path)
-    assert _version(path) == s.SCHEMA_VERSION == 3
+    assert _version(path) == s.SCHEMA_VERSION == 4
+    assert store.evals() == []  # v3 -> v4: the evals table exists (issue 13)
     assert store.games()["Pong"]["episodes"] == 2
     store.upsert_model("Pong", "best", episode=2, return_=1.0, at=1.0, path="best.pt")
     assert store.models()[0]["path"] == "best.pt"
