@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from daemon.atarictl import formatting as fmt
 from daemon.atarictl.client import (
@@ -22,6 +22,7 @@ from daemon.atarictl.client import (
     DaemonUnreachable,
     UnknownGame,
 )
+from daemon.atarictl.names import resolve_game, resolve_games
 from daemon.paths import Dirs, resolve_dirs
 
 EXIT_OK = 0
@@ -44,21 +45,105 @@ def _duration_arg(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (`atarictl: ...`, exit 2); a mistyped command gets the nearest
+    one, git's manner, instead of three lines of usage."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"atarictl: {message}\n")
+
+
+def _unknown_command(argv: list[str], commands: list[str]) -> str | None:
+    """The one-line message for a mistyped command, or None when the command is known."""
+    from daemon.atarictl.names import suggest
+
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_VALUED:
+            i += 2
+            continue
+        if word.startswith("-"):
+            i += 1
+            continue
+        if word in commands:
+            return None
+        hint = suggest(word, commands)
+        did = f"; did you mean {hint!r}?" if hint else f"; commands: {', '.join(commands)}"
+        return f"atarictl: unknown command {word!r}{did}"
+    return None
+
+
+# Options that take a value, accepted before or after the command (supervisorctl/git style).
+_GLOBAL_VALUED = ("--state-dir", "--runtime-dir", "--logs-dir", "--socket", "--timeout")
+DEFAULT_TIMEOUT = 30.0
+
+
+def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
+    # On the subcommands the defaults are SUPPRESS, so an option given before the command is not
+    # overwritten by the subcommand's default.
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=d(None),
+        help="daemon state dir (default: $STATE_DIRECTORY, else /var/lib/atari-supervisor "
+        "when it exists, else ./state; see docs/cli.md)",
+    )
+    p.add_argument(
+        "--runtime-dir",
+        type=Path,
+        default=d(None),
+        help="dir holding atarictl.sock (default: STATE_DIR/run)",
+    )
+    p.add_argument(
+        "--logs-dir",
+        type=Path,
+        default=d(None),
+        help="dir holding the per-game logs (default: STATE_DIR/logs)",
+    )
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=d(None),
+        help="control socket path (overrides --runtime-dir)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=d(DEFAULT_TIMEOUT),
+        help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=d(False),
+        help="machine-readable output (default: human text)",
+    )
+
+
+def package_version() -> str:
+    """The installed distribution's version (one source: pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atari-supervisor")
+    except PackageNotFoundError:  # a bare source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="atarictl",
         description="Query and control the atari-supervisor daemon (see docs/cli.md).",
     )
-    p.add_argument("--state-dir", type=Path, help="daemon state dir (default: see docs/cli.md)")
-    p.add_argument("--runtime-dir", type=Path, help="dir holding atarictl.sock")
-    p.add_argument("--logs-dir", type=Path, help="dir holding the per-game logs")
-    p.add_argument("--socket", type=Path, help="control socket path (overrides --runtime-dir)")
-    p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)"
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("--version", action="version", version=f"atarictl {package_version()}")
+    _globals(p, suppress=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     js = argparse.ArgumentParser(add_help=False)
-    js.add_argument("--json", action="store_true", help="machine-readable output")
+    _globals(js, suppress=True)
 
     s = sub.add_parser("status", parents=[js], help="level, GPU and one line per game")
     s.add_argument("games", nargs="*", metavar="GAME")
@@ -77,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         c = sub.add_parser(name, parents=[js], help=what)
         c.add_argument("games", nargs="+", metavar="GAME", help="game names or 'all'")
-    t = sub.add_parser("tail", help="a game's trainer log")
+    t = sub.add_parser("tail", parents=[js], help="a game's trainer log")
     t.add_argument("game", metavar="GAME")
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     t.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="lines (default 20)")
@@ -107,17 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("path", type=Path, metavar="PATH")
     sh = sub.add_parser("shutdown", parents=[js], help="stop all games gracefully, then exit")
     sh.add_argument("--no-wait", action="store_true", help="do not wait for the daemon to exit")
-    sub.add_parser("models", parents=[js], help="each game's best and latest model")
+    mo = sub.add_parser("models", parents=[js], help="each game's best and latest model")
+    mo.add_argument("games", nargs="*", metavar="GAME", help="only these games (default all)")
     d = sub.add_parser("doctor", parents=[js], help="preflight checks; no daemon needed")
     d.add_argument(
         "--profile",
         type=Path,
         help="profile to check (default: /etc/atari-supervisor/profile.yaml, else cpu-tiny)",
     )
-    i = sub.add_parser("install-service", help="install the systemd unit")
+    i = sub.add_parser("install-service", parents=[js], help="install the systemd unit")
     i.add_argument("--profile", type=Path, help="profile the service runs with")
     i.add_argument("--user", help="system user the service runs as")
-    sub.add_parser("uninstall-service", help="remove the systemd unit")
+    sub.add_parser("uninstall-service", parents=[js], help="remove the systemd unit")
+    from daemon.atarictl import eval as eval_cmd  # issue 13: eval (its own module)
+
+    eval_cmd.add_parser(sub, [js])
     return p
 
 
@@ -160,15 +249,8 @@ class Ctl:
             st["db"] = str(self.paths.db)
             code = EXIT_NOT_RUNNING
         if games:
-            known = {g["game"] for g in st["games"]}
-            unknown = [g for g in games if g not in known]
-            if unknown:
-                raise UnknownGame(
-                    f"unknown game {unknown[0]!r}; known games: {', '.join(sorted(known)) or '-'}"
-                    " (names as in the profile's games:)",
-                    "unknown_game",
-                )
-            st["games"] = [g for g in st["games"] if g["game"] in games]
+            wanted = resolve_games(games, [g["game"] for g in st["games"]])
+            st["games"] = [g for g in st["games"] if g["game"] in wanted]
         return st, code
 
     def cmd_status(self) -> int:
@@ -199,7 +281,13 @@ class Ctl:
     # start / stop / restart -------------------------------------------------------------------
 
     def _games_cmd(self, cmd: str) -> int:
-        result = self.client.call(cmd, {"games": list(self.args.games)})
+        # The profile's spelling, case-insensitively; an unknown name gets the one wording.
+        raw = self.client.call("status", {})
+        known = [
+            g["game"] for g in fmt.normalize_status(raw, now=time.time(), source="daemon")["games"]
+        ]
+        games = resolve_games(self.args.games, known, allow_all=True)
+        result = self.client.call(cmd, {"games": games})
         self.out(_describe(cmd, result), result)
         return EXIT_OK
 
@@ -219,15 +307,13 @@ class Ctl:
         from daemon.atarictl.offline import known_games
 
         game = self.args.game
-        path = self.paths.logs_dir / f"{game}.log"
         if "/" in game or game.startswith("."):
             raise UnknownGame(f"unknown game {game!r}; give a game name, not a path")
+        known = known_games(self.paths.db)
+        if known:
+            game = resolve_game(game, known)
+        path = self.paths.logs_dir / f"{game}.log"
         if not path.is_file():
-            known = known_games(self.paths.db)
-            if known and game not in known:
-                raise UnknownGame(
-                    f"unknown game {game!r}; known games: {', '.join(known)}", "unknown_game"
-                )
             raise CtlError(
                 f"no log for {game} at {path}; it has not run yet, or pass --logs-dir",
                 "not_found",
@@ -284,10 +370,26 @@ class Ctl:
         self.out(f"{head}\n{fmt.format_history(rows)}", data)
         return EXIT_OK
 
-    def cmd_models(self) -> int:
-        from daemon.atarictl.offline import models
+    def cmd_eval(self) -> int:
+        from daemon.atarictl.eval import cmd_eval
 
+        return cmd_eval(self)
+
+    def cmd_models(self) -> int:
+        from daemon.atarictl.offline import NoDatabase, known_games, models
+
+        if not self.paths.db.is_file() and not self.paths.runs_dir.is_dir():
+            # Like history/status: no state here is an error, not an empty list (item 11).
+            raise NoDatabase(
+                f"no database at {self.paths.db} and no runs at {self.paths.runs_dir}; "
+                "pass --state-dir DIR or start atari-supervisord",
+                "no_database",
+            )
         rows = models(self.paths.db, self.paths.runs_dir)
+        if self.args.games:
+            known = {r["game"] for r in rows} | set(known_games(self.paths.db))
+            wanted = resolve_games(self.args.games, known)
+            rows = [r for r in rows if r["game"] in wanted]
         self.out(fmt.format_models(rows, time.time()), {"models": rows})
         return EXIT_OK
 
@@ -299,7 +401,15 @@ class Ctl:
         return EXIT_OK
 
     def cmd_shutdown(self) -> int:
-        result = self.client.call("shutdown", {})
+        try:
+            result = self.client.call("shutdown", {})
+        except DaemonUnreachable as down:
+            # supervisorctl's manner: asking a stopped daemon to stop is not an error (item 12).
+            self.out(
+                "daemon is not running (already stopped)",
+                {"already_stopped": True, "detail": str(down)},
+            )
+            return EXIT_OK
         if not self.args.no_wait:
             # The daemon first stops every trainer gracefully (up to stop_grace), then exits.
             deadline = time.monotonic() + max(self.args.timeout, 5.0) * 10
@@ -412,8 +522,20 @@ def _describe_level(result: Any) -> str:
     return line
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:  # argparse has no public accessor for subcommand names
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    unknown = _unknown_command(argv, _commands(parser))
+    if unknown:
+        print(unknown, file=sys.stderr)
+        return EXIT_USAGE
     args = parser.parse_args(argv)
     paths = resolve_dirs(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
     ctl = Ctl(args, paths)
