@@ -375,6 +375,11 @@ class Ctl:
 
         return cmd_eval(self)
 
+    def cmd_eval(self) -> int:
+        from daemon.atarictl.eval import cmd_eval
+
+        return cmd_eval(self)
+
     def cmd_models(self) -> int:
         from daemon.atarictl.offline import NoDatabase, known_games, models
 
