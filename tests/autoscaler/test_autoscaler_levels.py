@@ -152,8 +152,12 @@ def test_pin_stops_automatic_moves_and_unpin_resumes_them(make_box: MakeBox) -> 
     box.scaler.unpin()
     assert box.scaler.status()["pinned"] is None
     box.clock.advance(MIN)
-    assert box.check() is None or box.state == "fallback"
-    assert box.state == "fallback"  # five reboots in the last hour count once unpinned
+    # The first check after unpin moves: five reboots in the last hour count once unpinned.
+    decision = box.check()
+    assert decision is not None, "unpinned, the reboots during the pin must count"
+    assert (decision.from_state, decision.to_state) == ("light", "fallback")
+    assert "reboot" in decision.reason, decision.reason
+    assert box.state == "fallback"
 
 
 def test_pin_moves_to_the_pinned_level_and_survives_a_restart(make_box: MakeBox) -> None:
