@@ -9,12 +9,22 @@ from pathlib import Path
 from daemon.config import DEFAULT_PROFILE
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atari-supervisor")
+    except PackageNotFoundError:  # a bare source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="atari-supervisord",
         description="Supervise one trainer per game from a profile: queue, levels, graceful "
         "stops, backoff, SQLite state. `atari-supervisord bench --help` measures its overhead.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
                    help=f"profile YAML (default: {DEFAULT_PROFILE})")  # fmt: skip
     p.add_argument("--state-dir", help="database and run dirs ($STATE_DIRECTORY, ./state)")

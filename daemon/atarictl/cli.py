@@ -75,7 +75,14 @@ def _unknown_command(argv: list[str], commands: list[str]) -> str | None:
 
 
 # Options that take a value, accepted before or after the command (supervisorctl/git style).
-_GLOBAL_VALUED = ("--state-dir", "--runtime-dir", "--logs-dir", "--socket", "--timeout")
+_GLOBAL_VALUED = (
+    "--state-dir",
+    "--runtime-dir",
+    "--logs-dir",
+    "--socket",
+    "--timeout",
+    "--print-completion",
+)
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -140,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Query and control the atari-supervisor daemon (see docs/cli.md).",
     )
     p.add_argument("--version", action="version", version=f"atarictl {package_version()}")
+    # Shell completion from the parser itself (shtab), so it never drifts from the commands.
+    import shtab
+
+    shtab.add_argument_to(p, ["--print-completion"], help="print a bash/zsh completion script")
     _globals(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     js = argparse.ArgumentParser(add_help=False)
@@ -375,11 +386,6 @@ class Ctl:
 
         return cmd_eval(self)
 
-    def cmd_eval(self) -> int:
-        from daemon.atarictl.eval import cmd_eval
-
-        return cmd_eval(self)
-
     def cmd_models(self) -> int:
         from daemon.atarictl.offline import NoDatabase, known_games, models
 
@@ -541,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(unknown, file=sys.stderr)
         return EXIT_USAGE
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # `atarictl --print-completion bash | head`
+        return EXIT_OK
     paths = resolve_dirs(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
     ctl = Ctl(args, paths)
     handler = getattr(ctl, "cmd_" + args.command.replace("-", "_"))
