@@ -1,74 +1,41 @@
-"""Trainer settings: one frozen dataclass, parsed and validated once, errors as one line."""
+"""The command line: ``Args`` (in ``trainer/contract.py``) parsed and validated once, errors as
+one line. The parser is built from the dataclass, so a flag, its type and its default are written
+once; a resume merges the checkpoint's config by each field's ``resume`` rule."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
-from dataclasses import dataclass
+import logging
+import math
+import types
+import typing
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BAD_ARGS = 2
-EXIT_UNKNOWN_GAME = 3
-EXIT_RUN_DIR = 4
+from trainer.contract import (
+    CLASSIC_TASKS,
+    FIXED,
+    RESTORE,
+    Args,
+    ExitCode,
+    bool_flag,
+    flag,
+)
 
-CLASSIC_TASKS = ("CartPole-v1",)
+__all__ = ["Args", "UsageError", "build_parser", "parse", "parse_given", "resume_config"]
+
+log = logging.getLogger("trainer")
 
 
 class UsageError(Exception):
-    """Bad input: carries the exit code and the one line that explains it."""
+    """Bad input or a refused start: carries the exit code and the one line that explains it."""
 
-    def __init__(self, message: str, code: int = EXIT_BAD_ARGS) -> None:
+    def __init__(self, message: str, code: int = ExitCode.BAD_ARGS) -> None:
         super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Args:
-    game: str
-    episodes: int
-    run_dir: Path
-    num_envs: int = 8
-    batch_size: int = 32
-    device: str = "auto"
-    seed: int = 1
-    checkpoint_every: float = 90.0
-    keep_checkpoints: int = 3
-    progress_every: float = 2.0
-    buffer_gb: float = 7.0
-    replay_ratio: float = 8.0
-    learning_starts: int = 80_000
-    lr: float = 1e-4
-    adam_eps: float = 1.5e-4
-    gamma: float = 0.99
-    n_step: int = 3
-    target_update: int = 32_000
-    eps_start: float = 1.0
-    eps_end: float = 0.01
-    eps_decay_steps: int = 1_000_000
-    max_grad_norm: float = 10.0
-    hidden: int = 256
-    threads: int = 0
-    env_threads: int = 0
-    stop_avg100: float | None = None
-    max_env_steps: int | None = None
-    max_seconds: float | None = None
-    overlap: bool = True
-
-    @property
-    def env_id(self) -> str:
-        return self.game if self.game in CLASSIC_TASKS else f"{self.game}-v5"
-
-    @property
-    def is_atari(self) -> bool:
-        return self.game not in CLASSIC_TASKS
-
-    def to_dict(self) -> dict[str, object]:
-        d = dataclasses.asdict(self)
-        d["run_dir"] = str(self.run_dir)
-        return d
+        self.code = int(code)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,56 +45,35 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"atari-trainer: error: {message}")
 
 
+def _value_type(hint: Any) -> Any:
+    if isinstance(hint, types.UnionType):  # `float | None` parses as a float
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # No argparse defaults: the namespace holds only the flags that were given (a resume needs to
+    # know which), and every default comes from the dataclass.
     p = _Parser(
         prog="atari-trainer",
         description="Double-DQN on envpool Atari games (or CartPole-v1). "
         "Run `atari-trainer bench --help` for the benchmark.",
+        argument_default=argparse.SUPPRESS,
     )
-    d = Args(game="", episodes=0, run_dir=Path())
-    p.add_argument("--game", required=True, help="Atari game (Pong = Pong-v5) or CartPole-v1")
-    p.add_argument("--episodes", type=int, required=True, help="target number of real episodes")
-    p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, progress, logs")
-    p.add_argument("--num-envs", type=int, default=d.num_envs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=float, default=d.checkpoint_every, help="seconds")
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p.add_argument("--progress-every", type=float, default=d.progress_every, help="seconds")
-    p.add_argument("--buffer-gb", type=float, default=d.buffer_gb, help="replay memory budget")
-    p.add_argument(
-        "--replay-ratio", type=float, default=d.replay_ratio, help="samples trained per env step"
-    )
-    p.add_argument("--learning-starts", type=int, default=d.learning_starts, help="transitions")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--adam-eps", type=float, default=d.adam_eps)
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--n-step", type=int, default=d.n_step)
-    p.add_argument(
-        "--target-update", type=int, default=d.target_update, help="env steps between syncs"
-    )
-    p.add_argument("--eps-start", type=float, default=d.eps_start)
-    p.add_argument("--eps-end", type=float, default=d.eps_end)
-    p.add_argument("--eps-decay-steps", type=int, default=d.eps_decay_steps, help="env steps")
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    p.add_argument("--hidden", type=int, default=d.hidden, help="MLP width (CartPole)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help="torch.set_num_threads; 0 = torch default (honours OMP_NUM_THREADS)",
-    )
-    p.add_argument("--env-threads", type=int, default=d.env_threads, help="envpool, 0 = auto")
-    p.add_argument("--stop-avg100", type=float, default=None, help="also done when avg100 >= X")
-    p.add_argument("--max-env-steps", type=int, default=None, help="stop after this many")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
-    p.add_argument(
-        "--no-overlap",
-        dest="overlap",
-        action="store_false",
-        help="step envs, then learn (default: learn while envpool steps)",
-    )
+    hints = typing.get_type_hints(Args)
+    for f in dataclasses.fields(Args):
+        help_ = f.metadata["help"]
+        required = f.default is dataclasses.MISSING
+        if not required:
+            help_ += f" (default: {f.default})"
+        kind = _value_type(hints[f.name])
+        if kind is bool:
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(bool_flag(f.name, bool(f.default)), dest=f.name, action=action,
+                           help=help_)  # fmt: skip
+        else:
+            p.add_argument(flag(f.name), dest=f.name, type=kind, required=required,
+                           choices=f.metadata.get("choices"), help=help_)  # fmt: skip
     return p
 
 
@@ -146,16 +92,23 @@ def check_game(game: str) -> None:
     if not close:
         close = [g for g in games if g.lower().startswith(game.lower()[:3])][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else "; see envpool.list_all_envs()"
-    raise UsageError(f"atari-trainer: unknown game {game!r} (--game){hint}", EXIT_UNKNOWN_GAME)
+    raise UsageError(f"atari-trainer: unknown game {game!r} (--game){hint}", ExitCode.UNKNOWN_GAME)
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    # Written so that NaN fails too (every comparison with NaN is False); infinity is refused:
+    # `--checkpoint-every inf` would mean a checkpoint only at exit.
+    if (value >= 0 if allow_zero else value > 0) and math.isfinite(value):
+        return
+    if value > 0:
+        need = "finite"
+    else:
         need = ">= 0" if allow_zero else ">= 1" if isinstance(value, int) else "> 0"
-        raise UsageError(f"atari-trainer: error: {name} must be {need}, got {value}")
+    raise UsageError(f"atari-trainer: error: {name} must be {need}, got {value}")
 
 
 def validate(a: Args) -> Args:
+    """Value checks that need no envpool (a resume re-checks the merged config with these)."""
     _positive("--episodes", a.episodes)
     _positive("--num-envs", a.num_envs)
     _positive("--batch-size", a.batch_size)
@@ -175,21 +128,64 @@ def validate(a: Args) -> Args:
     _positive("--hidden", a.hidden)
     _positive("--threads", a.threads, allow_zero=True)
     _positive("--env-threads", a.env_threads, allow_zero=True)
-    if not 0 < a.gamma <= 1:
+    if not 0 < a.gamma <= 1:  # also false for NaN
         raise UsageError(f"atari-trainer: error: --gamma must be in (0, 1], got {a.gamma}")
     for name, v in (("--eps-start", a.eps_start), ("--eps-end", a.eps_end)):
         if not 0 <= v <= 1:
             raise UsageError(f"atari-trainer: error: {name} must be in [0, 1], got {v}")
+    if a.stop_avg100 is not None and not math.isfinite(a.stop_avg100):
+        raise UsageError(f"atari-trainer: error: --stop-avg100 must be finite, got {a.stop_avg100}")
     if a.max_env_steps is not None:
         _positive("--max-env-steps", a.max_env_steps)
     if a.max_seconds is not None:
         _positive("--max-seconds", a.max_seconds)
-    check_game(a.game)
     # The buffer-size check needs the frame size, so it lives in replay.capacity_for().
     return a
 
 
+def parse_given(argv: list[str]) -> tuple[Args, frozenset[str]]:
+    """The validated ``Args`` and the names of the fields given on the command line."""
+    given = vars(build_parser().parse_args(argv))
+    args = validate(Args(**given))
+    check_game(args.game)
+    return args, frozenset(given)
+
+
 def parse(argv: list[str]) -> Args:
-    ns = build_parser().parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(Args)}
-    return validate(Args(**{k: v for k, v in vars(ns).items() if k in fields}))
+    return parse_given(argv)[0]
+
+
+def resume_config(
+    args: Args, saved: Mapping[str, Any], given: Collection[str] | None, run_dir: Path
+) -> Args:
+    """The config a resume runs with. A flag on the command line wins (logged when it changes
+    the run's value); a ``restore`` field that was not given takes the checkpoint's value, so a
+    manual resume without the original flags continues the same run; a ``fixed`` field that
+    differs is refused with one line naming both values. ``given=None``: every field was given
+    (a direct caller of ``train.main`` built ``args`` on purpose)."""
+    where = run_dir / "checkpoints"
+    if saved.get("game", args.game) != args.game:
+        raise UsageError(
+            f"atari-trainer: error: --run-dir {run_dir} holds checkpoints of "
+            f"{saved['game']!r}, not {args.game!r}; use another --run-dir"
+        )
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(Args):
+        rule, name = f.metadata["resume"], f.name
+        if name not in saved or saved[name] == getattr(args, name):
+            continue
+        ours, theirs = getattr(args, name), saved[name]
+        if rule == FIXED:
+            raise UsageError(
+                f"atari-trainer: error: {flag(name)} {ours} conflicts with {flag(name)} {theirs} "
+                f"of the checkpoints in {where} (it cannot change on resume); pass "
+                f"{flag(name)} {theirs} or use another --run-dir"
+            )
+        if rule != RESTORE:
+            continue
+        if given is None or name in given:
+            log.info("resume: %s %s given (the checkpoint ran with %s)", flag(name), ours, theirs)
+        else:
+            log.info("resume: %s %s restored from the checkpoint", flag(name), theirs)
+            changes[name] = theirs
+    return validate(dataclasses.replace(args, **changes)) if changes else args

@@ -5,25 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
 
-from trainer.args import EXIT_RUN_DIR, UsageError, parse
+from trainer.args import UsageError, parse_given
 from trainer.signals import StopFlag
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe"):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise UsageError(
-            f"atari-trainer: run dir {run_dir} is not writable ({reason}); "
-            "fix its permissions or pass another --run-dir",
-            EXIT_RUN_DIR,
-        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"atari-trainer {version('atari-supervisor')}")
+        except PackageNotFoundError:
+            print("atari-trainer unknown (not installed)")
+        return 0
     if argv[:1] == ["bench"]:
         from trainer.bench import main as bench_main
 
@@ -40,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch/envpool are imported (seconds): an early SIGTERM is then a graceful stop.
     stop = StopFlag().install()
     try:
-        args = parse(argv)
-        _check_run_dir(args.run_dir)
+        args, given = parse_given(argv)
         if args.device == "cuda":
             import torch
 
@@ -49,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError("atari-trainer: error: --device cuda but no CUDA GPU is visible")
         from trainer.train import main as train_main
 
-        return train_main(args, stop=stop)
+        return train_main(args, stop=stop, given=given)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return exc.code

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from trainer.args import Args, UsageError
+from trainer.contract import replay_budget_bytes
 from trainer.envs import EnvSpec
 
 # Per slot besides the frame: action (int64), reward (float32) and three flags.
@@ -28,8 +29,13 @@ def slot_bytes(spec: EnvSpec) -> int:
 
 
 def capacity_for(args: Args, spec: EnvSpec, num_envs: int) -> int:
-    """Frames that fit in --buffer-gb; refuses budgets too small for one batch."""
-    total = int(args.buffer_gb * 1e9) // slot_bytes(spec)
+    """Frames that fit in --buffer-gb (the contract's ``replay_budget_bytes``, which the daemon's
+    profile validator counts too); refuses budgets too small for one batch or learning-starts.
+
+    Each episode also holds slots that are never sampled (the first frames of its first stack,
+    its last frame), so a buffer barely above --learning-starts may never hold that many
+    sampleable transitions: the learner then starts once the buffer is full (``Replay.full``)."""
+    total = replay_budget_bytes(args.buffer_gb) // slot_bytes(spec)
     per_env = total // num_envs
     # A slot is sampleable only with its stack behind it and its n-step window ahead of it.
     usable = num_envs * max(0, per_env - spec.stack - args.n_step - 1)
@@ -68,6 +74,11 @@ class Replay:
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def full(self) -> bool:
+        """Every env's ring is written all round: the buffer will not get any fuller."""
+        return bool((self.filled == self.cap).all())
 
     def _set_ready(self, envs: np.ndarray, slots: np.ndarray, value: bool) -> None:
         # (env, slot) pairs are unique within one call: each env appears at most once.

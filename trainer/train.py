@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from trainer import checkpoint
-from trainer.args import EXIT_FAILURE, EXIT_OK, Args, UsageError
+from trainer.args import Args, resume_config
+from trainer.contract import ExitCode
 from trainer.envs import EpisodeTracker, env_spec, make_envs
 from trainer.network import make_qnetwork
-from trainer.progress import EpisodeStats, RunFiles
+from trainer.progress import EpisodeStats
 from trainer.replay import Replay, capacity_for
+from trainer.rundir import RunFiles
 from trainer.signals import StopFlag
 
 log = logging.getLogger("trainer")
@@ -90,21 +92,42 @@ def learn(
     return float(loss.detach())
 
 
-def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -> int:
-    clock = clock or SystemClock()
+def main(
+    args: Args,
+    clock: Clock | None = None,
+    stop: StopFlag | None = None,
+    given: frozenset[str] | None = None,
+) -> int:
+    """One run, with the run dir locked from start to exit. ``given``: the flags given on the
+    command line (a resume takes the others from the checkpoint); None means all of them."""
     # The CLI installs the flag before the heavy imports; a direct caller gets one here.
     stop = stop or StopFlag().install()
+    with RunFiles.locked(args.run_dir) as files:
+        return train(args, files, clock or SystemClock(), stop, given)
+
+
+def train(
+    args: Args, files: RunFiles, clock: Clock, stop: StopFlag, given: frozenset[str] | None
+) -> int:
+    try:
+        loaded = checkpoint.load_newest(files.ckpt_dir)
+    except checkpoint.NoValidCheckpoint as exc:
+        if not args.allow_fresh:
+            raise
+        log.warning("--allow-fresh: starting from scratch; %s", exc)
+        loaded = None
+    if loaded is not None:
+        saved = loaded[0].get("config")
+        args = resume_config(args, saved if isinstance(saved, dict) else {}, given, args.run_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    files = RunFiles(args.run_dir)
     stats = EpisodeStats()
     env_steps = updates = last_sync = 0
     credit = 0.0
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
 
-    loaded = checkpoint.load_newest(files.ckpt_dir)
     probe = make_envs(args, num_envs=1)
     spec = env_spec(probe)
     probe.close()
@@ -116,23 +139,22 @@ def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -
     last_ckpt_time: float | None = None
     if loaded is not None:
         state, path = loaded
-        if state["config"]["game"] != args.game:
-            raise UsageError(
-                f"atari-trainer: error: --run-dir {args.run_dir} holds checkpoints of "
-                f"{state['config']['game']!r}, not {args.game!r}; use another --run-dir"
-            )
-        last_ckpt_time = state["time"]
-        q.load_state_dict(state["q"])
-        target.load_state_dict(state["target"])
-        opt.load_state_dict(state["optim"])
+        try:
+            last_ckpt_time = state["time"]
+            q.load_state_dict(state["q"])
+            target.load_state_dict(state["target"])
+            opt.load_state_dict(state["optim"])
+            c = state["counters"]
+            env_steps, updates, last_sync = c["env_steps"], c["updates"], c["last_sync"]
+            stats.load(state["stats"])
+            rng.bit_generator.state = state["rng"]["numpy"]
+            torch.set_rng_state(state["rng"]["torch"])
+            best_weights = state.get("best_weights")
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # Intact but not a state this trainer can continue from: never a silent fresh start.
+            raise checkpoint.unloadable(path, exc) from exc
         for group in opt.param_groups:  # the command line may change the rate on resume
             group["lr"] = args.lr
-        c = state["counters"]
-        env_steps, updates, last_sync = c["env_steps"], c["updates"], c["last_sync"]
-        stats.load(state["stats"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        best_weights = state.get("best_weights")
         log.info(
             "resumed from %s: episodes=%d env_steps=%d updates=%d epsilon=%.4f",
             path.name,
@@ -255,10 +277,15 @@ def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -
         if not args.overlap:
             stepped = envs.recv()
         # With overlap the learner runs while envpool's threads step the environments.
-        if not learning and len(replay) >= learn_min:
+        # A buffer whose per-episode slots keep it below learn_min starts once it is full.
+        if not learning and (len(replay) >= learn_min or replay.full):
             learning = True
             learn_t0, learn_steps0 = clock.monotonic(), env_steps
-            log.info("learning starts: %d transitions in the replay buffer", len(replay))
+            log.info(
+                "learning starts: %d transitions in the replay buffer%s",
+                len(replay),
+                "" if len(replay) >= learn_min else " (full; below --learning-starts)",
+            )
         if learning:
             credit += n * args.replay_ratio / args.batch_size
             while credit >= 1.0 and not stop.set:
@@ -340,7 +367,6 @@ def main(args: Args, clock: Clock | None = None, stop: StopFlag | None = None) -
             log.error("could not export %s: %s", files.best_path, exc)
             ok = False
     progress("done" if done else "stopped")
-    files.close()
     if ckpt_failed and not ok:
         log.error("the final checkpoint could not be written")
-    return EXIT_OK if ok else EXIT_FAILURE
+    return ExitCode.OK if ok else ExitCode.FAILURE

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.progress import RunFiles
+from trainer.rundir import RunFiles
 
 
 def test_failed_episode_append_is_logged_not_fatal(
