@@ -21,16 +21,30 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str)
+        except (TypeError, ValueError, RecursionError):  # a tuple key, a cycle: a log call
+            text = repr(value)  # must never raise into the code that logs
     if text == "" or any(c in text for c in ' "=\n\t') or not text.isprintable():
-        return json.dumps(text, ensure_ascii=False)
+        return json.dumps(text, ensure_ascii=False)  # escapes NUL, CR and newlines
     return text
+
+
+def _one_line(message: str) -> str:
+    """journald ends a stdout line at a newline and at a NUL: escape every control character."""
+    message = message.replace("\n", " | ")
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def journal_renderer(_logger: Any, method: str, event: dict[str, Any]) -> str:
     level = str(event.pop("level", method))
     prio = PRIORITY.get(level, 6)
-    message = str(event.pop("event", "")).replace("\n", " | ")
+    message = _one_line(str(event.pop("event", "")))
     event.pop("timestamp", None)  # journald stamps every line itself
     fields = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
     return f"<{prio}>{message}" + (f" {fields}" if fields else "")

@@ -15,6 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 MAX_REQUEST_BYTES = 64 * 1024
+# No command takes more than a list of names; deeper args are an attack or a bug.
+MAX_ARGS_DEPTH = 8
 # Replies can carry a whole history listing; the cap only protects the client from a runaway.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 
@@ -59,7 +61,25 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def parse_request(line: bytes) -> dict[str, Any]:
-    """Validate one request line; returns `{"cmd": str, "args": dict}` or raises ProtocolError."""
+    """Validate one request line; returns `{"cmd": str, "args": dict}` or raises ProtocolError.
+
+    Nothing else ever leaves: whatever the parser chokes on (an integer past Python's 4300-digit
+    limit is a ValueError, deep nesting a RecursionError) is a ``bad_request``, so no request can
+    end the thread that reads it.
+    """
+    try:
+        return _parse_request(line)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError, MemoryError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ProtocolError(
+            f"request cannot be parsed ({type(exc).__name__}: {reason}); "
+            'send {"cmd": "...", "args": {...}} with plain values'
+        ) from None
+
+
+def _parse_request(line: bytes) -> dict[str, Any]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -84,7 +104,31 @@ def parse_request(line: bytes) -> dict[str, Any]:
         args = {}
     if not isinstance(args, dict):
         raise ProtocolError("field args must be a JSON object")
+    _check_plain(args)
     return {"cmd": cmd, "args": args}
+
+
+def _check_plain(args: dict[str, Any]) -> None:
+    """Args are shallow, and every string is real text: handlers, logs and replies then never
+    meet a structure deeper than they expect or a lone surrogate (``"\\ud800"`` is valid JSON
+    but cannot be written to a UTF-8 journal)."""
+    stack: list[tuple[Any, int]] = [(args, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_ARGS_DEPTH:
+            raise ProtocolError(f"field args is nested deeper than {MAX_ARGS_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((k, depth) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError(
+                    "request holds a lone surrogate escape (\\udXXX); send real UTF-8 text"
+                ) from None
 
 
 def parse_reply(line: bytes) -> dict[str, Any]:

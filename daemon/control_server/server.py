@@ -22,6 +22,7 @@ import os
 import selectors
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -101,25 +102,7 @@ class ControlServer:
         gid = self._resolve_group()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_socket()
-        # Bind under a temporary name and rename into place, so the socket is never visible with
-        # the process umask's permissions (fixing them after bind would leave a window).
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(tmp))
-            os.chmod(tmp, 0o660)
-            if gid is not None:
-                os.chown(tmp, -1, gid)
-            os.replace(tmp, self.path)
-            listener.listen(128)
-            listener.setblocking(False)
-        except OSError as exc:
-            listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise ControlServerError(f"{self.path}: cannot create control socket: {exc}") from exc
+        listener = self._bind(gid)
         self._inode = os.stat(self.path).st_ino
         self._listener = listener
         self._selector = selectors.DefaultSelector()
@@ -165,7 +148,44 @@ class ControlServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def is_alive(self) -> bool:
+        """Whether the selector thread still serves; the health check fails when it does not
+        (systemd then restarts the daemon, since nothing else would answer atarictl again)."""
+        return self._thread is not None and self._thread.is_alive()
+
     # ---- setup helpers ---------------------------------------------------------------------
+
+    def _bind(self, gid: int | None) -> socket.socket:
+        """A listening socket at ``self.path`` with mode 0660 (and ``gid``) from the start.
+
+        It is bound inside a fresh private directory (mkdtemp: mode 0700, unpredictable name)
+        under a umask that yields 0660, so its mode never needs a chmod, and nobody else can
+        swap the file for a symlink before the (non-following) chown; then it is renamed into
+        place, which replaces whatever sits at the path without following it either.
+        """
+        private = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        tmp = private / "sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_umask = os.umask(0o117)
+            try:
+                listener.bind(str(tmp))
+            finally:
+                os.umask(old_umask)
+            if gid is not None:
+                os.chown(tmp, -1, gid, follow_symlinks=False)
+            os.replace(tmp, self.path)
+            listener.listen(128)
+            listener.setblocking(False)
+        except OSError as exc:
+            listener.close()
+            raise ControlServerError(f"{self.path}: cannot create control socket: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            with contextlib.suppress(OSError):
+                private.rmdir()
+        return listener
 
     def _resolve_group(self) -> int | None:
         if self._group is None:
@@ -209,17 +229,38 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 events = self._selector.select(timeout=0.2)
-            except OSError:  # pragma: no cover - selector closed under us at shutdown
+            except (OSError, ValueError):
+                # The selector itself is gone (closed under us at shutdown, or broken): nothing
+                # is left to serve with. is_alive() now says so and the health check fails.
+                if not self._stop.is_set():
+                    log.error("control socket selector failed; the control thread ends",
+                              exc_info=True)  # fmt: skip
                 break
             for key, _ in events:
-                if key.data is None:
-                    self._accept()
-                elif key.data == "wake":
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 64)
-                else:
-                    self._read(key.data)
-            self._expire(time.monotonic())
+                try:
+                    self._on_event(key)
+                except Exception:
+                    # A bug in handling one connection must never end the thread: every later
+                    # atarictl would wait out its timeout while the daemon looks healthy.
+                    log.exception("control socket event failed; the connection is dropped")
+                    conn = key.data
+                    # Only a connection still ours: one handed to a worker is the worker's.
+                    if isinstance(conn, _Conn) and any(c is conn for c in self._conns.values()):
+                        self._reject(conn, "internal error reading this request; retry",
+                                     ReplyCode.INTERNAL)  # fmt: skip
+            try:
+                self._expire(time.monotonic())
+            except Exception:
+                log.exception("control socket deadline sweep failed")
+
+    def _on_event(self, key: selectors.SelectorKey) -> None:
+        if key.data is None:
+            self._accept()
+        elif key.data == "wake":
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 64)
+        else:
+            self._read(key.data)
 
     def _accept(self) -> None:
         assert self._listener is not None and self._selector is not None
@@ -329,10 +370,11 @@ class ControlServer:
                 reply = self._handler(request)
                 if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
                     raise TypeError(f"handler returned {type(reply).__name__}, not a reply")
+                data = encode(reply)
             except Exception as exc:
                 log.exception("control handler failed", cmd=request.get("cmd"))
                 reply = error(ReplyCode.INTERNAL, f"internal error in {request.get('cmd')}: {exc}")
-            data = encode(reply)
+                data = encode(reply)
             sock.setblocking(True)
             sock.settimeout(self._reply_timeout)
             with contextlib.suppress(OSError):

@@ -191,9 +191,12 @@ def test_unknown_group_is_one_clear_error(sock_path: Path) -> None:
 def test_group_is_applied(sock_path: Path) -> None:
     import grp
 
-    name = grp.getgrgid(os.getgid()).gr_name
-    with ControlServer(sock_path, echo, group=name):
-        assert os.stat(sock_path).st_gid == os.getgid()
+    # Another group than the process's own: a server that skipped the chown would show ours.
+    other = next((g for g in grp.getgrall() if g.gr_gid != os.getgid()), None)
+    if other is None:
+        pytest.skip("this host has a single group")
+    with ControlServer(sock_path, echo, group=other.gr_name):
+        assert os.stat(sock_path).st_gid == other.gr_gid
 
 
 def test_stays_responsive_under_attack(sock_path: Path) -> None:
@@ -210,3 +213,97 @@ def test_stays_responsive_under_attack(sock_path: Path) -> None:
         assert_answers_within_a_second(lambda: client.call("status"))
     # Only the well-formed requests ever reached the handler; no attack traffic did.
     assert calls == ["status"] * 5
+
+
+# ---------------------------------------------------------------------- parser-breaking requests
+
+HOSTILE = {
+    # json.loads raises ValueError (not JSONDecodeError) past 4300 digits.
+    "huge integer": b'{"cmd": "status", "args": {"n": ' + b"9" * 5000 + b"}}\n",
+    # The C scanner raises RecursionError long before the request size cap.
+    "deep nesting": b'{"cmd": "status", "args": {"x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}}\n",
+    "bad UTF-8 inside a string": b'{"cmd": "status", "args": {"g": "\xc3\x28"}}\n',
+    "lone surrogate escape": b'{"cmd": "status", "args": {"g": "\\ud800"}}\n',
+    "nesting past the args limit": b'{"cmd": "status", "args": {"x": '
+    + b"[" * 40
+    + b"]" * 40
+    + b"}}\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_request_that_breaks_the_parser_is_a_bad_request_and_serving_goes_on(
+    server: ControlServer, sock_path: Path, name: str
+) -> None:
+    for _ in range(3):  # again and again: the selector thread must survive each one
+        reply = reply_of(send_raw(sock_path, HOSTILE[name]))
+        assert reply["ok"] is False and reply["code"] == "bad_request", reply
+        assert "\n" not in reply["error"]
+    assert server.is_alive()
+    assert Client(sock_path).call("status") == {"echo": {"cmd": "status", "args": {}}}
+
+
+def test_one_failing_iteration_never_ends_the_selector_thread(
+    server: ControlServer, sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug we do not know of yet, on the selector thread: one connection's handling raises.
+    real = server._dispatch
+    calls = []
+
+    def flaky(conn: Any, line: bytes) -> None:
+        calls.append(line)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in request handling")
+        real(conn, line)
+
+    monkeypatch.setattr(server, "_dispatch", flaky)
+    reply = reply_of(send_raw(sock_path, b'{"cmd": "status"}\n'))
+    assert reply["code"] == "internal"
+    assert server.is_alive()
+    assert Client(sock_path).call("level") == {"echo": {"cmd": "level", "args": {}}}
+
+
+def test_is_alive_reports_a_dead_selector_thread(sock_path: Path) -> None:
+    srv = ControlServer(sock_path, echo)
+    assert not srv.is_alive()  # not started
+    srv.start()
+    try:
+        assert srv.is_alive()
+        assert srv._selector is not None
+        srv._selector.close()  # the selector itself breaks: nothing left to serve with
+        srv._thread.join(10)  # type: ignore[union-attr]
+        assert not srv.is_alive()
+    finally:
+        srv.close()
+
+
+def test_a_dead_control_thread_fails_the_health_check() -> None:
+    from daemon.checks import Checks
+    from daemon.config import Checks as Intervals
+    from daemon.supervisor import Check, Shutdown
+
+    posted: list[object] = []
+    alive = [True]
+    checks = Checks(Intervals(), posted.append, probes={"control socket": lambda: alive[0]})
+    checks._job("health")
+    assert posted == [Check("health")]
+    alive[0] = False
+    checks._job("health")
+    # No health pass (so no WATCHDOG=1), but a failing shutdown: systemd restarts the daemon.
+    assert len(posted) == 2 and isinstance(posted[1], Shutdown)
+    assert posted[1].exit_code != 0 and "control socket" in posted[1].reason
+
+
+def test_the_real_daemon_answers_parser_breaking_requests_and_keeps_serving(
+    daemons, tmp_path: Path
+) -> None:
+    from tests.support.profiles import daemon_profile
+
+    profile = daemon_profile({"CartPole-v1": 10**6}, slots=1).write(tmp_path / "p.yaml")
+    d = daemons.start(profile)
+    d.wait_for("the control socket", d.status)
+    for name, payload in HOSTILE.items():
+        reply = reply_of(send_raw(d.socket, payload, timeout=15))
+        assert reply["code"] == "bad_request", (name, reply)
+    assert d.status()["games"][0]["game"] == "CartPole-v1"
+    assert d.alive()
