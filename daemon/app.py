@@ -147,9 +147,10 @@ def run_daemon(
 
         checks = Checks(profile.checks, sup.post)
         sup.next_run = checks.next_run
-        sup.on_reload.append(lambda p: checks.reschedule(p.checks) if checks else None)
+        sup.on_reload.append(lambda p: checks.prepare_reschedule(p.checks))
         try:
             server = start_control(sup, dirs, profile)
+            checks.probes["control socket"] = server.is_alive
         except Exception as e:
             log.error("control socket unavailable; atarictl cannot reach this daemon",
                       error=str(e))  # fmt: skip

@@ -1,29 +1,29 @@
 """The model registry: each game's ``best`` and ``latest`` model in the store's ``models`` table.
 
 The trainer writes ``<run-dir>/checkpoints/ckpt-N.pt`` and ``<run-dir>/best.pt`` in the framing of
-``trainer/checkpoint.py`` (MAGIC | sha256 | length | ``torch.save`` payload, see docs/trainer.md).
+``trainer/contract.py`` (MAGIC | sha256 | length | ``torch.save`` payload, see docs/trainer.md).
 The daemon must stay light (no torch: ~54 MB RSS), so it reads them with the standard library:
-the header and a streamed sha256 decide validity exactly as the trainer's loader does, and the
-payload's ``data.pkl`` (a small pickle; the tensors live in other zip members and are never read)
-is unpickled by a restricted unpickler that imports nothing and turns every tensor into a
-placeholder. That gives the exact episode count, avg100 and time of each file, which
-progress.json (rewritten after every checkpoint, read up to a health interval later) cannot.
+the contract's streamed frame check decides validity exactly as the trainer's loader does, and
+the payload's ``data.pkl`` (a small pickle; the tensors live in other zip members and are never
+read) is unpickled by a restricted unpickler that imports nothing and turns every tensor into a
+placeholder. ``data.pkl`` is read only up to ``MAX_PICKLE_BYTES`` decompressed (a zip member can
+inflate a thousandfold), and any failure makes the file ``Unreadable``. That gives the exact
+episode count, avg100 and time of each file, which progress.json (rewritten after every
+checkpoint, read up to a health interval later) cannot.
 
 ``latest``: the newest checkpoint that verifies: ``episode`` = its episode count, ``return_`` = its
 avg100 (mean of the window it holds), ``at`` = its ``time``. ``best``: ``best.pt``: ``episode`` =
 the episode count when it was exported, ``return_`` = its avg100 score, ``at`` = the file's mtime.
-A file is read again only when its (inode, size, mtime) changes, and a row is written only when it
+A file is read again only when its (inode, size, mtime) changes, failures included (a bad file is
+read and logged once per version, not on every health check), and a row is written only when it
 differs from what the store holds (every commit is an fsync).
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import pickle
-import re
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,12 @@ from typing import Any
 import structlog
 
 from daemon.store import Store
+from trainer.contract import BEST_FILE, CHECKPOINT_DIR, CHECKPOINT_NAME, BadFrame, check_frame
 
 log = structlog.get_logger("daemon.registry")
 
-# The trainer's framing (trainer/checkpoint.py); duplicated so the daemon never imports torch.
-MAGIC = b"ATRCKPT1"
-HEADER = struct.Struct("<8s32sQ")
-CKPT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
-_CHUNK = 1 << 20
+# A trainer's data.pkl is a few kB (tensors are separate zip members); 8 MiB is generous.
+MAX_PICKLE_BYTES = 8 << 20
 
 # (inode, size, mtime_ns): the trainer replaces files by rename, so a new file is a new inode
 Ident = tuple[int, int, int]
@@ -75,28 +73,27 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The dict a trainer model file holds, tensors replaced by placeholders; ``Unreadable`` when
-    its magic, length or checksum is wrong (the trainer would skip it too)."""
+    its frame does not verify (the trainer would skip it too) or its payload is not a small
+    ``torch.save`` dict."""
     with open(path, "rb") as f:
-        head = f.read(HEADER.size)
-        if len(head) < HEADER.size:
-            raise Unreadable(f"{path}: truncated header ({len(head)} bytes)")
-        magic, digest, length = HEADER.unpack(head)
-        if magic != MAGIC:
-            raise Unreadable(f"{path}: not a trainer checkpoint (bad magic)")
-        h, n = hashlib.sha256(), 0
-        while chunk := f.read(_CHUNK):  # streamed: a 27 MB checkpoint never sits in memory
-            h.update(chunk)
-            n += len(chunk)
-        if n != length:
-            raise Unreadable(f"{path}: {n} payload bytes, header says {length}")
-        if h.digest() != digest:
-            raise Unreadable(f"{path}: checksum mismatch")
+        try:
+            check_frame(f, path)  # streamed: a 27 MB checkpoint never sits in memory
+        except BadFrame as e:
+            raise Unreadable(str(e)) from None
         try:
             # zipfile finds the archive behind the 48-byte header (like a self-extractor).
             with zipfile.ZipFile(f) as zf:
                 pkl = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-                data = _MetadataUnpickler(io.BytesIO(zf.read(pkl))).load()
-        except (StopIteration, zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
+                with zf.open(pkl) as member:  # read() stops at the bound whatever the header says
+                    raw = member.read(MAX_PICKLE_BYTES + 1)
+                if len(raw) > MAX_PICKLE_BYTES:
+                    raise Unreadable(f"{path}: data.pkl larger than {MAX_PICKLE_BYTES} bytes")
+                data = _MetadataUnpickler(io.BytesIO(raw)).load()
+        except Unreadable:
+            raise
+        except StopIteration:
+            raise Unreadable(f"{path}: not a torch.save archive (no data.pkl)") from None
+        except Exception as e:  # any pickle or zip failure: hostile bytes raise anything
             raise Unreadable(f"{path}: not a torch.save archive ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise Unreadable(f"{path}: holds a {type(data).__name__}, not a dict")
@@ -155,8 +152,8 @@ class ModelRegistry:
     def update(self, game: str, run_dir: Path) -> list[str]:
         """Read what changed in ``run_dir``; returns the kinds written to the store."""
         run_dir = run_dir.absolute()
-        found = {"latest": self._newest_valid(run_dir / "checkpoints"),
-                 "best": self._read(run_dir / "best.pt", best_row)}  # fmt: skip
+        found = {"latest": self._newest_valid(run_dir / CHECKPOINT_DIR),
+                 "best": self._read(run_dir / BEST_FILE, best_row)}  # fmt: skip
         written = []
         for kind, row in found.items():
             if row is None or self.rows.get((game, kind)) == row:
@@ -176,7 +173,7 @@ class ModelRegistry:
             names = [p.name for p in ckpt_dir.iterdir()]
         except OSError:
             return None
-        ckpts = sorted((n for n in names if CKPT_NAME.match(n)), reverse=True)
+        ckpts = sorted((n for n in names if CHECKPOINT_NAME.match(n)), reverse=True)
         # Files the trainer rotated away are forgotten, so the cache stays as small as the dir.
         for stale in [p for p in self._files if p.parent == ckpt_dir and p.name not in ckpts]:
             del self._files[stale]
@@ -196,11 +193,13 @@ class ModelRegistry:
         row: Row | None
         try:
             row = reader(path)
-        except Unreadable as e:
-            # Logged once per file version; the previous checkpoint counts instead, as on resume.
-            log.warning("model file skipped", reason=str(e))
-            row = None
-        except OSError:
+        except FileNotFoundError:
             return None  # rotated away between listing and reading: look again next time
+        except Exception as e:
+            # Every failure is cached with the file's identity, so it is read and logged once
+            # per file version; the previous checkpoint counts instead, as on resume.
+            reason = str(e) if isinstance(e, Unreadable) else f"{path}: {type(e).__name__}: {e}"
+            log.warning("model file skipped", reason=reason[:300])
+            row = None
         self._files[path] = (ident, row)
         return row

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from daemon.telemetry import GpuProbe, ProcessProbe, gpu_summary, host_sample
 log = structlog.get_logger("daemon.supervisor")
 
 Command = Callable[[dict[str, Any]], dict[str, Any]]
+_SHUTTING_DOWN = {"ok": False, "code": "shutting_down", "error": "the daemon is shutting down"}
 
 
 class LevelSource(Protocol):
@@ -66,6 +68,18 @@ def _trainer_settings(profile: Profile, level: str) -> tuple[Any, ...]:
             profile.checkpoint_every)  # fmt: skip
 
 
+def _check_levels(profile: Profile) -> None:
+    """The level names a reload's parts will look up exist in the new profile (the loader
+    checks this too; a profile built in code is checked here before any part moves)."""
+    names = set(profile.level_names)
+    for field_name, wanted in (("start_level", (profile.start_level,)),
+                               ("autoscaler.ladder", profile.autoscaler.ladder)):  # fmt: skip
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise ValueError(f"{field_name}: no level named {', '.join(missing)}; "
+                             f"levels are {', '.join(sorted(names))}")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- events
 
 
@@ -77,6 +91,7 @@ class Check:
 @dataclass(frozen=True)
 class Shutdown:
     reason: str
+    exit_code: int = 0  # non-zero (a failed health check): systemd restarts the daemon
 
 
 @dataclass
@@ -112,10 +127,15 @@ class Supervisor:
         # SimpleQueue: put() is reentrant, so signal handlers may post too.
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.commands: dict[str, Command] = {}
-        self.on_reload: list[Callable[[Profile], None]] = []
+        # Reload hooks: ``prepare(profile)`` checks the new profile against its part without
+        # changing anything (``ValueError`` refuses it) and returns the commit.
+        self.on_reload: list[Callable[[Profile], Callable[[], None]]] = []
         self.next_run: Callable[[str], float | None] = lambda _job: None
         self.stopping = False
         self.stopped = False
+        # Held while a request is queued and while the loop ends: no request can be queued
+        # after the last drain of the queue, so none waits out its timeout.
+        self._exit_lock = threading.Lock()
         self.exit_code = 0
         self.last_gpu: dict[str, Any] | None = None
         self._status_line = ""
@@ -137,10 +157,11 @@ class Supervisor:
         if not isinstance(cmd, str) or not isinstance(args, dict):
             return {"ok": False, "code": "bad_request",
                     "error": 'a request is {"cmd": NAME, "args": {...}}'}  # fmt: skip
-        if self.stopped:
-            return {"ok": False, "code": "shutting_down", "error": "the daemon is shutting down"}
         req = Request(cmd, args)
-        self.post(req)
+        with self._exit_lock:
+            if self.stopped:
+                return _SHUTTING_DOWN
+            self.post(req)
         try:
             return req.reply.get(timeout=timeout)
         except queue.Empty:
@@ -184,6 +205,7 @@ class Supervisor:
             if isinstance(event, Request):
                 event.reply.put(self._run_command(event))
             elif isinstance(event, Shutdown):
+                self.exit_code = self.exit_code or event.exit_code
                 self.begin_shutdown(event.reason)
             elif isinstance(event, Check):
                 getattr(self, f"_on_{event.kind}")()
@@ -200,7 +222,7 @@ class Supervisor:
             return {"ok": False, "code": "unknown_command",
                     "error": f"unknown command {req.cmd!r}; known: {known}"}  # fmt: skip
         if self.stopping and req.cmd not in ("status", "shutdown"):
-            return {"ok": False, "code": "shutting_down", "error": "the daemon is shutting down"}
+            return _SHUTTING_DOWN
         try:
             result = fn(req.args)
         except CommandError as e:
@@ -385,6 +407,16 @@ class Supervisor:
         except ProfileError as e:
             log.error("reload rejected; the running profile stays", error=str(e))
             raise CommandError("bad_profile", str(e)) from None
+        # Every part checks the new profile first; only when all accept does any of them move.
+        # A part moved alone (the level source on a new ladder, the manager on the old levels)
+        # would fail every later pass.
+        try:
+            _check_levels(profile)
+            commits = [prepare(profile) for prepare in self.on_reload]
+        except ValueError as e:
+            msg = f"{profile.path}: {e}; the running profile stays"
+            log.error("reload rejected; the running profile stays", error=str(e))
+            raise CommandError("bad_profile", msg) from None
         self.profile = profile
         changes = []
         if isinstance(self.level_source, FixedLevel) and self.level_source.name != (
@@ -392,8 +424,8 @@ class Supervisor:
         ):
             changes.append(f"start_level {self.level_source.name} -> {profile.start_level}")
             self.level_source.name = profile.start_level
-        for hook in self.on_reload:
-            hook(profile)  # the autoscaler adopts the new policy (and may move its state)
+        for commit in commits:
+            commit()  # the autoscaler adopts the new policy (and may move its state)
         # The level first (the old one may be gone from the profile), then the games; slots
         # fill only once a level change has drained.
         before = self.manager.level
@@ -438,4 +470,13 @@ class Supervisor:
         if self.daemon_run_id is not None:
             self.store.daemon_stopped(self.daemon_run_id, self.clock.now(), clean=True)
         log.info("all trainers stopped; daemon exits")
-        self.stopped = True
+        with self._exit_lock:
+            self.stopped = True
+        # Requests that came in during this last pass get their answer now, not a timeout.
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, Request):
+                event.reply.put(_SHUTTING_DOWN)

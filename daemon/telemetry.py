@@ -43,16 +43,18 @@ class GpuProbe:
             for i in range(nv.nvmlDeviceGetCount()):
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 mem = nv.nvmlDeviceGetMemoryInfo(h)
-                util = nv.nvmlDeviceGetUtilizationRates(h)
-                procs = nv.nvmlDeviceGetComputeRunningProcesses(h)
+                util = self._optional(nv.nvmlDeviceGetUtilizationRates, h)
+                procs = self._optional(nv.nvmlDeviceGetComputeRunningProcesses, h) or []
+                temp = self._optional(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
+                power_mw = self._optional(nv.nvmlDeviceGetPowerUsage, h)
                 gpus.append({
                     "index": i,
                     "name": _text(nv.nvmlDeviceGetName(h)),
-                    "util_pct": util.gpu,
+                    "util_pct": util.gpu if util is not None else None,
                     "mem_used_mb": mem.used / 2**20,
                     "mem_total_mb": mem.total / 2**20,
-                    "temperature_c": nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
-                    "power_w": nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                    "temperature_c": temp,
+                    "power_w": power_mw / 1000.0 if power_mw is not None else None,
                     "processes": {str(p.pid): (p.usedGpuMemory or 0) / 2**20 for p in procs},
                 })  # fmt: skip
         except nv.NVMLError as e:
@@ -66,9 +68,21 @@ class GpuProbe:
         self._reported = None
         return {"gpu": "ok", "gpus": gpus}
 
+    def _optional(self, read: Any, *args: Any) -> Any:
+        """One sensor reading, or None where this GPU has no such sensor (power and temperature
+        on a MIG slice or some boards): a missing sensor is not a missing GPU."""
+        try:
+            return read(*args)
+        except getattr(self.nvml, "NVMLError_NotSupported", ()):
+            return None
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _or_na(value: float | None, fmt: str) -> str:
+    return "n/a " if value is None else fmt.format(value)
 
 
 def gpu_summary(sample: dict[str, Any] | None) -> str:
@@ -77,8 +91,9 @@ def gpu_summary(sample: dict[str, Any] | None) -> str:
     if sample.get("gpu") != "ok":
         return "no GPU"
     parts = [
-        f"{g['name']} {g['util_pct']}% {g['mem_used_mb']:.0f}/{g['mem_total_mb']:.0f} MiB "
-        f"{g['temperature_c']}C {g['power_w']:.0f}W"
+        f"{g['name']} {_or_na(g['util_pct'], '{}')}% "
+        f"{g['mem_used_mb']:.0f}/{g['mem_total_mb']:.0f} MiB "
+        f"{_or_na(g['temperature_c'], '{}')}C {_or_na(g['power_w'], '{:.0f}')}W"
         for g in sample["gpus"]
     ]
     return "; ".join(parts) or "no GPU"

@@ -27,7 +27,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import struct
 import tarfile
 import tempfile
 import time
@@ -41,15 +40,13 @@ import structlog
 from daemon.atarictl.client import Client, CtlError
 from daemon.atarictl.offline import models as registry_rows
 from daemon.paths import DB_NAME, LOCK_NAME, Dirs, StateDirLocked, lock_state_dir
+from trainer import contract
 
 log = structlog.get_logger("daemon.atarictl.backup")
 
 FORMAT = "atari-supervisor-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
-_RUN_FILES = ("progress.json", "episodes.jsonl", "best.pt")
-_CKPT_MAGIC = b"ATRCKPT1"
-_CKPT_HEADER = struct.Struct("<8s32sQ")
 _CHUNK = 1 << 20
 
 
@@ -68,20 +65,15 @@ def sha256_file(path: Path) -> str:
 
 
 def _checkpoint_ok(path: Path) -> bool:
-    """The trainer's checkpoint header (magic, sha256, length) agrees with the payload."""
-    with open(path, "rb") as f:
-        head = f.read(_CKPT_HEADER.size)
-        if len(head) < _CKPT_HEADER.size:
-            return False
-        magic, digest, length = _CKPT_HEADER.unpack(head)
-        if magic != _CKPT_MAGIC:
-            return True  # not our format (e.g. a plain torch file): nothing to check
-        h = hashlib.sha256()
-        n = 0
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return n == length and h.digest() == digest
+    """The trainer's checkpoint framing (trainer/contract.py) agrees with the payload."""
+    try:
+        with open(path, "rb") as f:
+            contract.check_frame(f, path)
+    except contract.NotFramed:
+        return True  # not our format (e.g. a plain torch file): nothing to check
+    except contract.BadFrame:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------- backup
@@ -108,18 +100,19 @@ def _stage_run(run: Path, stage: Path) -> list[str]:
     """Copy one game's run dir into the stage; returns warnings for skipped files."""
     warnings: list[str] = []
     out = stage / "runs" / run.name
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for name in _RUN_FILES:
+    (out / contract.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    for name in contract.RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             shutil.copyfile(run / name, out / name)
-    ep = out / "episodes.jsonl"
+    ep = out / contract.EPISODES_FILE
     if ep.is_file():
         # The trainer appends while we copy: drop a torn last line rather than archive it.
         data = ep.read_bytes()
         if data and not data.endswith(b"\n"):
             ep.write_bytes(data[: data.rfind(b"\n") + 1])
-    for ckpt in sorted((run / "checkpoints").glob("ckpt-*.pt")):
-        dest = out / "checkpoints" / ckpt.name
+    ckpts = (run / contract.CHECKPOINT_DIR).glob("*.pt")
+    for ckpt in sorted(p for p in ckpts if contract.CHECKPOINT_NAME.match(p.name)):
+        dest = out / contract.CHECKPOINT_DIR / ckpt.name
         try:
             shutil.copyfile(ckpt, dest)
         except FileNotFoundError:

@@ -6,6 +6,7 @@ All methods are called from the supervisor's main loop, never from a scheduler t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -169,20 +170,33 @@ class Autoscaler:
                 )
 
     def reload(self, policy: AutoscalerPolicy, now: float | None = None) -> None:
-        """Adopt a reloaded profile's policy. The ladder may have changed, so the machine is
-        rebuilt on the current state (or the bottom rung when that state is gone); counters,
-        entry time and pin carry over where they still make sense."""
+        self.prepare_reload(policy, now)()
+
+    def prepare_reload(
+        self, policy: AutoscalerPolicy, now: float | None = None
+    ) -> Callable[[], None]:
+        """Check a reloaded profile's policy and return its commit; nothing changes until the
+        commit runs (a reload moves every part or none, ``Supervisor.cmd_reload``). The ladder
+        may have changed, so the machine is rebuilt on the current state (or the bottom rung
+        when that state is gone); counters, entry time and pin carry over where they still
+        make sense. Raises ``ValueError`` for a policy the machine cannot take."""
         self._require_restored()
         if policy == self.policy:
-            return
-        now = self.clock.now() if now is None else now
+            return lambda: None
         validate_ladder(policy.ladder)
         old = self.state
         states = state_names(policy.ladder)
         target = old if old in states else policy.ladder[0]
-        self.policy = policy
-        self._model = LevelModel(policy)
-        self._machine = build_machine(self._model, target)
+        model = LevelModel(policy)
+        machine = build_machine(model, target)
+        return lambda: self._adopt(policy, model, machine, old, target, states, now)
+
+    def _adopt(
+        self, policy: AutoscalerPolicy, model: LevelModel, machine: Any, old: str, target: str,
+        states: tuple[str, ...], now: float | None,
+    ) -> None:  # fmt: skip
+        now = self.clock.now() if now is None else now
+        self.policy, self._model, self._machine = policy, model, machine
         self._model.arm(target)  # a fresh machine does not enter its initial state either
         if target != old:
             self._entered_at = now

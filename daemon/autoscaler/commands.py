@@ -17,7 +17,7 @@ RECENT = 10  # decisions shown by ``atarictl level``
 
 
 class Host(Protocol):
-    on_reload: list[Callable[[Profile], None]]
+    on_reload: list[Callable[[Profile], Callable[[], None]]]
 
     def register_command(self, name: str, fn: Any) -> None: ...
 
@@ -48,4 +48,4 @@ def attach(host: Host, scaler: Autoscaler) -> None:
     host.register_command("level", level)
     host.register_command("pin", pin)
     host.register_command("unpin", unpin)
-    host.on_reload.append(lambda profile: scaler.reload(profile.autoscaler))
+    host.on_reload.append(lambda profile: scaler.prepare_reload(profile.autoscaler))

@@ -9,7 +9,6 @@ and ``decisions`` tables with its reason.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -20,19 +19,14 @@ import structlog
 from daemon.clock import Clock
 from daemon.config import Level, Profile
 from daemon.process.os_seam import OsSeam, Proc, rotate_log
-from daemon.process.states import ACTIVE, LIVE, After, BackoffPolicy, Game, State
+from daemon.process.outbox import Outbox
+from daemon.process.states import ACTIVE, LIVE, After, BackoffPolicy, Game, RunRef, State
 from daemon.registry import ModelRegistry
-from daemon.store import Store
+from daemon.store import Store, StoreError
 from daemon.store.schema import Outcome
+from trainer import contract
 
 log = structlog.get_logger("daemon.process")
-
-# Trainer exit codes that mean "retrying cannot help" (docs/architecture.md).
-CONFIG_EXITS = {
-    2: "trainer exit code 2 (bad arguments; see the game's log)",
-    3: "trainer exit code 3 (unknown game)",
-    4: "trainer exit code 4 (run dir not writable)",
-}
 
 
 def describe_exit(rc: int) -> tuple[int | None, str | None, str]:
@@ -47,29 +41,28 @@ def describe_exit(rc: int) -> tuple[int | None, str | None, str]:
 
 
 def trainer_argv(profile: Profile, level: Level, game: Game, run_dir: Path) -> list[str]:
-    argv = [
-        sys.executable, "-m", "trainer",
-        "--game", game.name,
-        "--episodes", str(game.target),
-        "--num-envs", str(level.num_envs),
-        "--batch-size", str(level.batch_size),
-        "--run-dir", str(run_dir),
-        "--device", profile.device,
-        "--seed", str(profile.seed + game.index),
-        "--checkpoint-every", f"{profile.checkpoint_every:g}",
-    ]  # fmt: skip
-    if level.buffer_gb is not None:
-        argv += ["--buffer-gb", f"{level.buffer_gb:g}"]
-    return argv + list(profile.trainer_args) + list(level.trainer_args)
+    """The trainer's command line, built by the contract from ``Args`` field names. The buffer
+    is always passed (the trainer's default when the level has none), so a resume never keeps
+    another budget than the one the profile validator counted."""
+    values = {
+        "game": game.name, "episodes": game.target,
+        "num_envs": level.num_envs, "batch_size": level.batch_size,
+        "run_dir": run_dir, "device": profile.device,
+        "seed": profile.seed + game.index, "checkpoint_every": profile.checkpoint_every,
+        "buffer_gb": contract.buffer_gb_or_default(level.buffer_gb),
+    }  # fmt: skip
+    return [sys.executable, "-m", "trainer", *contract.to_argv(values),
+            *profile.trainer_args, *level.trainer_args]  # fmt: skip
 
 
 def read_progress(run_dir: Path) -> dict[str, Any]:
-    """The trainer's heartbeat; {} when absent or unreadable (it is replaced atomically)."""
-    try:
-        data = json.loads((run_dir / "progress.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The trainer's heartbeat, validated by the contract: a bad value (NaN, a string, a negative
+    count) drops that field only and is logged; {} when absent."""
+    fields, problems = contract.read_progress(run_dir)
+    if problems:
+        log.warning("progress.json: values ignored", file=str(run_dir / contract.PROGRESS_FILE),
+                    problems=problems)  # fmt: skip
+    return fields
 
 
 def _backoff(profile: Profile) -> BackoffPolicy:
@@ -87,6 +80,11 @@ class ProcessManager:
         self.level = level
         self.policy = _backoff(profile)
         self.draining = False  # shutting down: start nothing new
+        # Bumped by every level change: a live process of an older epoch is still draining it.
+        self.epoch = 0
+        self.outbox = Outbox()
+        # Games a reload removed: shown and stopped until their process is gone, then dropped.
+        self.removed: set[str] = set()
         self.games: dict[str, Game] = {
             g.name: Game(g.name, g.target, i) for i, g in enumerate(profile.games)
         }
@@ -105,7 +103,11 @@ class ProcessManager:
     ) -> None:
         now = self.clock.now()
         prev_s = prev.value if isinstance(prev, State) else prev
-        self.store.record_decision(now, kind, reason, g.name, prev_s, g.state.value)
+        to_s = g.state.value
+        self.outbox.write(
+            f"decision {g.name} {prev_s} -> {to_s}",
+            lambda: self.store.record_decision(now, kind, reason, g.name, prev_s, to_s),
+        )
         warn = g.state in (State.BACKOFF, State.FATAL) or "frozen" in reason
         (log.warning if warn else log.info)(
             "game state", game=g.name, from_state=prev_s, to_state=g.state.value, reason=reason
@@ -113,6 +115,19 @@ class ProcessManager:
         self._persist(g)
 
     def _persist(self, g: Game) -> None:
+        """The game's row in the store: a snapshot, so a refused write only marks it dirty and
+        the latest state is written on a later pass (``flush_store``)."""
+        if self.outbox:
+            self.outbox.dirty.add(g.name)  # its history is not written yet: keep the order
+            return
+        try:
+            self._write_snapshot(g)
+        except StoreError as e:
+            log.warning("store write failed; game row written on a later pass", game=g.name,
+                        error=str(e))  # fmt: skip
+            self.outbox.dirty.add(g.name)
+
+    def _write_snapshot(self, g: Game) -> None:
         p = g.progress
         fields: dict[str, Any] = {
             "state": g.state.value, "target": g.target, "updated_at": self.clock.now(),
@@ -128,7 +143,8 @@ class ProcessManager:
 
     def _read_run_dir(self, g: Game) -> None:
         """progress.json into ``g.progress``, and the model registry brought up to date."""
-        g.progress = read_progress(self.run_dir(g.name)) or g.progress
+        # Field by field: a value the reader refused keeps its last good value.
+        g.progress = {**g.progress, **read_progress(self.run_dir(g.name))}
         try:
             self.models.update(g.name, self.run_dir(g.name))
         except Exception:
@@ -149,13 +165,14 @@ class ProcessManager:
                 g.done(f"target reached ({episodes}/{g.target} episodes)")
             elif prev in (State.STOPPED.value, State.FATAL.value):
                 g.restored(State(prev), f"restored {prev} from the store")
+            elif contract.has_checkpoint(self.run_dir(g.name)):
+                g.restored(State.QUEUED, f"restored: {episodes}/{g.target} episodes; "
+                           "resumes from its checkpoint")  # fmt: skip
+            elif episodes:
+                g.restored(State.QUEUED, f"restored: {episodes}/{g.target} episodes; no "
+                           "checkpoint yet, so it starts over")  # fmt: skip
             else:
-                g.restored(
-                    State.QUEUED,
-                    f"restored: {episodes}/{g.target} episodes; resumes from its checkpoint"
-                    if episodes
-                    else "restored: not started yet",
-                )
+                g.restored(State.QUEUED, "restored: not started yet")
             self._decide(g, prev, g.reason)
 
     def stop_leftovers(self, find: Any) -> list[str]:
@@ -211,7 +228,23 @@ class ProcessManager:
 
     # ------------------------------------------------------------------ the loop's entry points
 
+    def flush_store(self) -> bool:
+        """Writes the store refused earlier, in order, then the dirty game rows. True when the
+        store has everything."""
+        if not self.outbox.flush():
+            return False
+        for name in sorted(self.outbox.dirty):
+            g = self.games.get(name)
+            try:
+                if g is not None:
+                    self._write_snapshot(g)
+            except StoreError:
+                return False
+            self.outbox.dirty.discard(name)
+        return True
+
     def tick(self) -> None:
+        self.flush_store()
         mono = self.clock.monotonic()
         for g in self.games.values():
             if g.state in LIVE:
@@ -237,6 +270,9 @@ class ProcessManager:
                 and mono >= g.retry_at
             ):
                 self._spawn(g, f"backoff over; restart #{len(g.crashes)}")
+        for name in [n for n in self.removed if self.games[n].proc is None]:
+            del self.games[name]
+            self.removed.discard(name)
         self._fill_slots()
 
     def health(self) -> None:
@@ -290,8 +326,8 @@ class ProcessManager:
             outcome = Outcome.DONE
             reason = f"target reached ({episodes}/{g.target} episodes): {text}"
             g.done(reason)
-        elif code in CONFIG_EXITS:
-            reason = CONFIG_EXITS[code]
+        elif (fatal := contract.fatal_reason(code)) is not None:
+            reason = fatal  # retrying cannot help (trainer/contract.py: ExitCode)
             g.fatal(reason)
             reason = g.reason
         else:
@@ -299,15 +335,28 @@ class ProcessManager:
             label = "failed start" if prev is State.STARTING else "crashed"
             g.crashed(self.clock.monotonic(), self.policy, f"{label}: {why}")
             reason = g.reason
-        if g.run_id is not None:
-            self.store.run_ended(g.run_id, self.clock.now(), exit_code=code, signal=sig,
-                                 reason=reason, outcome=outcome)  # fmt: skip
-            g.run_id = None
+        run, g.run = g.run, None
+        if run is not None:
+            now = self.clock.now()
+
+            def ended(run: RunRef = run) -> None:
+                # Queued after its run_started, so the id is there when this runs.
+                assert run.id is not None
+                self.store.run_ended(run.id, now, exit_code=code, signal=sig, reason=reason,
+                                     outcome=outcome)  # fmt: skip
+
+            self.outbox.write(f"run ended {g.name}", ended)
         self._decide(g, prev, reason)
         if after is After.RESTART and g.state is State.QUEUED and not self.draining:
             self._spawn(g, "restart after stop")
 
     def _spawn(self, g: Game, reason: str) -> None:
+        if g.proc is not None:
+            # Two trainers on one run dir overwrite each other: whatever path asked for this,
+            # the process the manager still holds wins (the trainer's run-dir lock backs this).
+            log.error("refused to spawn a second trainer", game=g.name, pid=g.proc.pid,
+                      state=g.state.value, reason=reason)  # fmt: skip
+            return
         level = self.profile.level(self.level)
         run_dir = self.run_dir(g.name)
         argv = trainer_argv(self.profile, level, g, run_dir)
@@ -319,11 +368,17 @@ class ProcessManager:
             self._decide(g, prev, g.reason)
             return
         now = self.clock.now()
-        run_id = self.store.run_started(
-            g.name, proc.pid, now, level=self.level, num_envs=level.num_envs,
-            batch_size=level.batch_size, proc_start_time=proc.create_time,
-        )  # fmt: skip
-        g.start(proc, run_id, self.clock.monotonic(), now, self.level)
+        # Memory first: the manager holds the pid whatever the store does next.
+        run = RunRef()
+        g.start(proc, run, self.clock.monotonic(), now, self.level, self.epoch)
+
+        def started(name: str = g.name, pid: int = proc.pid, lv: str = self.level) -> None:
+            run.id = self.store.run_started(
+                name, pid, now, level=lv, num_envs=level.num_envs,
+                batch_size=level.batch_size, proc_start_time=proc.create_time,
+            )  # fmt: skip
+
+        self.outbox.write(f"run started {g.name} pid {proc.pid}", started)
         episodes = int(g.progress.get("episodes") or 0)
         self._decide(
             g,
@@ -344,9 +399,15 @@ class ProcessManager:
     def _fill_slots(self) -> None:
         if self.draining:
             return
-        # While a level change drains, start nothing: old and new load must not overlap. (An
-        # operator start of a stopping game also pauses the queue, for that one stop.)
-        if any(g.state is State.STOPPING and g.after is After.QUEUED for g in self.games.values()):
+        # While a level change drains, start nothing: old and new load must not overlap. The
+        # drain is known by the epoch each live process was started at, whatever an operator
+        # did to it since. (An operator start of a stopping game also pauses the queue, for
+        # that one stop.)
+        if any(
+            g.proc is not None
+            and (g.epoch != self.epoch or (g.state is State.STOPPING and g.after is After.QUEUED))
+            for g in self.games.values()
+        ):
             return
         for g in self.queue_order()[: self.free_slots()]:
             self._spawn(g, "slot free")
@@ -389,6 +450,7 @@ class ProcessManager:
         """Graceful stop of the running games; they restart with ``level``'s settings.
         Returns how many were stopped. A demotion is logged at warning, a promotion at info."""
         old, self.level = self.level, level
+        self.epoch += 1
         stopping = [g for g in self.games.values() if g.state in (State.STARTING, State.RUNNING)]
         (log.warning if demotion else log.info)(
             "level change: games restart with the new level's settings",
@@ -411,11 +473,11 @@ class ProcessManager:
     # ------------------------------------------------------------------ operator commands
 
     def unknown(self, names: list[str]) -> list[str]:
-        return [n for n in names if n != "all" and n not in self.games]
+        return [n for n in names if n != "all" and (n not in self.games or n in self.removed)]
 
     def _select(self, names: list[str]) -> list[Game]:
         if "all" in names:
-            return list(self.games.values())
+            return [g for g in self.games.values() if g.name not in self.removed]
         return [self.games[n] for n in names]
 
     def start(self, names: list[str]) -> dict[str, str]:
@@ -478,6 +540,7 @@ class ProcessManager:
         self.profile, self.policy = profile, _backoff(profile)
         for i, gt in enumerate(profile.games):
             g = self.games.get(gt.name)
+            self.removed.discard(gt.name)
             if g is None:
                 g = self.games[gt.name] = Game(gt.name, gt.target, i)
                 self._decide(g, None, "reload: new game queued")
@@ -492,8 +555,10 @@ class ProcessManager:
                 elif g.state is State.DONE and int(g.progress.get("episodes") or 0) < g.target:
                     g.requeue("reload: target raised")
                     self._decide(g, State.DONE, "reload: target raised")
-        for name in [n for n in self.games if n not in {gt.name for gt in profile.games}]:
+        wanted = {gt.name for gt in profile.games}
+        for name in [n for n in self.games if n not in wanted and n not in self.removed]:
             self.stop([name])
+            self.removed.add(name)
             changes.append(f"removed {name} (stopped)")
         self._fill_slots()
         return changes

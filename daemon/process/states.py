@@ -58,13 +58,21 @@ class BackoffPolicy:
 
 
 @dataclass
+class RunRef:
+    """A ``runs`` row that may not be written yet (the store refused it, see ``outbox.py``):
+    its id arrives when ``run_started`` succeeds; ``run_ended``, queued after it, reads it."""
+
+    id: int | None = None
+
+
+@dataclass
 class Game:
     name: str
     target: int
     index: int  # position in the profile: seed offset and queue tie-break
     state: State = State.QUEUED
     proc: Any = None  # the OS seam's handle while a process lives
-    run_id: int | None = None
+    run: RunRef | None = None  # the live process's run row
     started_mono: float | None = None
     started_wall: float | None = None
     retry_at: float | None = None
@@ -77,15 +85,21 @@ class Game:
     reason: str = ""  # why the last state change happened (for status and FATAL)
     progress: dict[str, Any] = field(default_factory=dict)
     level: str | None = None  # level the live process was started with
+    # The manager's level epoch at the spawn: a live process of an older epoch is still
+    # draining a level change (same level name and edited settings included).
+    epoch: int = 0
 
     # -------------------------------------------------------------- transitions
 
-    def start(self, proc: Any, run_id: int, mono: float, wall: float, level: str) -> State:
-        assert self.state in (State.QUEUED, State.BACKOFF), self.state
+    def start(
+        self, proc: Any, run: RunRef, mono: float, wall: float, level: str, epoch: int
+    ) -> State:
+        assert self.state in (State.QUEUED, State.BACKOFF) and self.proc is None, self.state
         prev = self.state
         # QUEUED -> STARTING, BACKOFF -> STARTING
         self.state = State.STARTING
-        self.proc, self.run_id, self.started_mono, self.level = proc, run_id, mono, level
+        self.proc, self.run, self.started_mono, self.level = proc, run, mono, level
+        self.epoch = epoch
         self.started_wall = wall
         self.retry_at, self.stop_deadline, self.killed, self.after = None, None, False, None
         return prev
@@ -129,12 +143,12 @@ class Game:
         return self.state
 
     def fatal(self, reason: str) -> None:
-        """A config error exit (2/3/4): retrying cannot help."""
+        """A final trainer exit (trainer/contract.py: fatal_reason): retrying cannot help."""
         assert self.state in (State.STARTING, State.RUNNING), self.state
         self._exited()
         # STARTING -> FATAL, RUNNING -> FATAL
         self.state = State.FATAL
-        self.reason = f"gave up: entered FATAL, {reason}; fix the profile, then atarictl start"
+        self.reason = f"gave up: entered FATAL, {reason}, then atarictl start"
 
     def restored(self, stored: State, reason: str) -> None:
         """At daemon start: an operator's STOPPED and a FATAL survive a restart; every other

@@ -37,6 +37,19 @@ def test_journal_lines_carry_syslog_priorities_and_fields() -> None:
     configure_logging(io.StringIO(), tty=False)
 
 
+def test_a_log_event_is_one_journal_line_whatever_it_holds() -> None:
+    # journald ends a stdout line at a newline and also at a NUL; a field json cannot encode (a
+    # tuple key) must not raise out of the log call into the main loop.
+    buf = io.StringIO()
+    configure_logging(buf, tty=False)
+    log = structlog.get_logger("t")
+    log.warning("a\nb\x00c\rd", procs={(1, 2): 3}, v=float("nan"), raw="x\x00y\nz")
+    out = buf.getvalue()
+    assert out.count("\n") == 1 and "\x00" not in out and "\r" not in out, repr(out)
+    assert out.startswith("<4>a | b") and "procs=" in out and "v=NaN" in out, repr(out)
+    configure_logging(io.StringIO(), tty=False)
+
+
 def test_terminal_lines_are_readable_without_prefix() -> None:
     buf = io.StringIO()
     configure_logging(buf, tty=True)
@@ -84,6 +97,27 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerUsage(self, h: str) -> int:
         return 250_000
+
+
+class GpuWithoutSensors(FakeNvml):
+    """A GPU that answers memory but not power or temperature (MIG slices, some boards)."""
+
+    class NVMLError_NotSupported(FakeNvml.NVMLError):
+        pass
+
+    def nvmlDeviceGetTemperature(self, h: str, kind: int) -> int:
+        raise self.NVMLError_NotSupported("Not Supported")
+
+    def nvmlDeviceGetPowerUsage(self, h: str) -> int:
+        raise self.NVMLError_NotSupported("Not Supported")
+
+
+def test_a_missing_gpu_sensor_is_not_a_missing_gpu() -> None:
+    sample = GpuProbe(GpuWithoutSensors(present=True)).sample()
+    assert sample["gpu"] == "ok", sample
+    gpu = sample["gpus"][0]
+    assert gpu["power_w"] is None and gpu["temperature_c"] is None and gpu["util_pct"] == 87
+    assert gpu_summary(sample) == "H100 87% 2048/81920 MiB n/a C n/a W"
 
 
 def test_gpu_sample_with_a_gpu() -> None:
