@@ -1,19 +1,19 @@
 """Wiring of ``atari-supervisord``: builds every part and runs the supervisor's loop.
 
 Start-up order (recovery first, READY last):
-1. profile (refused -> exit 2, nothing else happens), directories, the single-instance lock;
+1. profile (refused -> exit 2, nothing else happens), directories (refused when others can
+   write them), the single-instance lock;
 2. the store (locked/corrupt -> exit 1 with one line; never a silent fresh start);
 3. the level source: the autoscaler (``daemon.autoscaler.Autoscaler``) records the boot and
-   restores its state; ``FixedLevel(profile.start_level)`` when it is not available;
+   restores its state;
 4. the daemon run row (heartbeat, clean-shutdown flag), games restored from the store and the
    run dirs, leftover trainers of a killed daemon stopped cleanly (see ``stop_leftovers``);
-5. the supervisor, its commands (plus the autoscaler's ``level``/``pin``/``unpin``), signal
-   handlers (they only post events), the control socket, the scheduler;
+5. the supervisor, its commands (plus the level source's ``commands()``: ``level``/``pin``/
+   ``unpin``), signal handlers (they only post events), the control socket, the scheduler;
 6. first loop pass (queued games start), then ``READY=1`` to systemd, then the loop.
 
-Hook points: H3's autoscaler in ``make_level_source``/``register_level_commands``, H4's control
-server in ``start_control``, H5's systemd notifications through ``Notifier`` (READY/STATUS/
-WATCHDOG/STOPPING are sent by this module and the supervisor).
+systemd notifications go through ``Notifier`` (READY/STATUS/WATCHDOG/STOPPING are sent by this
+module and the supervisor).
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ from typing import Any
 
 import structlog
 
+from daemon.autoscaler import Autoscaler
+from daemon.autoscaler.boots import BootIdError, read_boot_id
 from daemon.clock import Clock, SystemClock
 from daemon.config import Profile, ProfileError, load_profile
-from daemon.paths import Dirs, lock_state_dir, resolve_dirs
+from daemon.paths import Dirs, check_trusted, lock_state_dir, resolve_dirs
 from daemon.process import ProcessManager, RealOs
 from daemon.process.os_seam import OsSeam, find_leftover
 from daemon.sdnotify import Notifier
 from daemon.store import Store, StoreError
-from daemon.supervisor import Check, FixedLevel, Request, Shutdown, Supervisor
+from daemon.supervisor import Check, Request, Shutdown, Supervisor
 from daemon.telemetry import GpuProbe
 
 log = structlog.get_logger("daemon.app")
@@ -41,14 +43,10 @@ log = structlog.get_logger("daemon.app")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
-def make_level_source(profile: Profile, store: Store, clock: Clock) -> tuple[Any, str | None]:
+def make_level_source(
+    profile: Profile, store: Store, clock: Clock
+) -> tuple[Autoscaler, str | None]:
     """(level source, boot id). The autoscaler records the boot, then restores its state."""
-    try:
-        from daemon.autoscaler import Autoscaler
-        from daemon.autoscaler.boots import BootIdError, read_boot_id
-    except ImportError as e:  # the autoscaler package is optional for the core
-        log.warning("autoscaler not available; running the profile's start_level", error=str(e))
-        return FixedLevel(profile.start_level), None
     try:
         boot_id: str | None = read_boot_id(profile.paths.boot_id_file)
     except BootIdError as e:
@@ -66,19 +64,6 @@ def make_level_source(profile: Profile, store: Store, clock: Clock) -> tuple[Any
     # and the games should start at the decided level, not restart into it a minute later.
     auto.check(now)
     return auto, boot_id
-
-
-def register_level_commands(sup: Supervisor, source: Any, clock: Clock) -> None:
-    """``level`` / ``pin`` / ``unpin`` for a level source that supports them (the autoscaler)."""
-    if not hasattr(source, "pin"):
-        sup.register_command("level", lambda _a: {"level": source.current_level(),
-                                                  "autoscaler": None})  # fmt: skip
-        return
-    from daemon.autoscaler.commands import attach
-
-    # H3: level/pin/unpin (replies carry the status and the reason as "message", for atarictl)
-    # and a reload hook so a reloaded profile's autoscaler policy takes effect.
-    attach(sup, source)
 
 
 def start_control(sup: Supervisor, dirs: Dirs, profile: Profile) -> Any:
@@ -120,8 +105,10 @@ def run_daemon(
         return EXIT_CONFIG
     dirs = resolve_dirs(state, runtime, logs, profile=profile.paths)
     try:
+        check_trusted(dirs)  # before anything is created or read there
         for d in (dirs.state_dir, dirs.logs_dir, dirs.runtime_dir, dirs.runs_dir):
             d.mkdir(parents=True, exist_ok=True)
+        check_trusted(dirs)  # what mkdir made, under a umask we do not control
         lock = lock_state_dir(dirs.state_dir, "atari-supervisord")
         store = Store.open(dirs.db)
     except (OSError, RuntimeError, StoreError) as e:
@@ -141,7 +128,6 @@ def run_daemon(
             log.warning("stopped leftover trainers of a previous daemon", games=stopped)
         sup = Supervisor(profile, store, clock, manager, source, notifier=notifier,
                          gpu=GpuProbe(), daemon_run_id=run_id)  # fmt: skip
-        register_level_commands(sup, source, clock)
         install_signal_handlers(sup)
         from daemon.checks import Checks
 

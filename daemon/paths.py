@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,41 @@ def resolve_dirs(
         logs_dir=logs.absolute(),
         socket=Path(socket or runtime / SOCKET_NAME).absolute(),
     )
+
+
+# ------------------------------------------------------------------------- directory trust
+
+
+class UnsafeDir(RuntimeError):
+    """A directory the daemon would trust with code (checkpoints are loaded, the socket takes
+    commands) that someone else could write to; str() is one line with the fix."""
+
+
+def check_trusted(dirs: Dirs, euid: int | None = None) -> None:
+    """Refuse state, runs and runtime dirs that another user could write: whoever can plant
+    files there can feed the daemon a checkpoint, a database or a socket. A dir must be owned by
+    the daemon's user or root and not be writable by group or others (a sticky dir, like
+    /tmp, does not count as trusted either). A symlinked dir is checked at its target."""
+    euid = os.geteuid() if euid is None else euid
+    for what, d in (("state dir", dirs.state_dir), ("runs dir", dirs.runs_dir),
+                    ("runtime dir", dirs.runtime_dir)):  # fmt: skip
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            continue  # created by the daemon with its own umask
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeDir(f"{what} {d}: is not a directory; remove it or pass another one")
+        if st.st_uid not in (euid, 0):
+            raise UnsafeDir(
+                f"{what} {d}: owned by uid {st.st_uid}, not by the daemon's user (uid {euid}) or "
+                f"root; fix: chown {euid} {d}"
+            )
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UnsafeDir(
+                f"{what} {d}: writable by group or others (mode {mode:04o}), so anyone could plant "
+                f"a checkpoint or socket there; fix: chmod go-w {d}"
+            )
 
 
 # ------------------------------------------------------------------------- the state-dir lock

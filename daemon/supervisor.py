@@ -27,37 +27,80 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
-from daemon.process import ProcessManager, State
+from daemon.control_server.protocol import ReplyCode, error, ok
+from daemon.process import ProcessManager
 from daemon.sdnotify import Notifier
+from daemon.status import GameRow, NextDecision, game_row, next_move, normalize_gpu
+from daemon.status import build as build_status
 from daemon.store import Store
-from daemon.telemetry import GpuProbe, ProcessProbe, gpu_summary, host_sample
+from daemon.telemetry import GpuProbe, ProcessProbe, host_sample
 
 log = structlog.get_logger("daemon.supervisor")
 
 Command = Callable[[dict[str, Any]], dict[str, Any]]
-_SHUTTING_DOWN = {"ok": False, "code": "shutting_down", "error": "the daemon is shutting down"}
+_NO_GPU = {"available": False, "reason": "no GPU", "gpus": []}
+_SHUTTING_DOWN = error(ReplyCode.SHUTTING_DOWN, "the daemon is shutting down")
+
+
+class LevelDecision(Protocol):
+    trigger: str
 
 
 class LevelSource(Protocol):
+    """Where the level comes from: ``FixedLevel`` or the autoscaler, the same verbs."""
+
     def current_level(self) -> str: ...
+
+    def check(self, now: float) -> LevelDecision | None:
+        """The stability check: may move the level (the loop then carries it out)."""
+
+    def status(self, now: float) -> dict[str, Any]:
+        """At least ``state``, ``entered_at``, ``pinned``, ``ladder``, ``next_decision_at``."""
+
+    def prepare_reload(self, profile: Profile) -> tuple[Callable[[], None], list[str]]:
+        """Check a reloaded profile (``ValueError`` refuses it); return (commit, changes)."""
+
+    def commands(self) -> dict[str, Command]:
+        """Control commands it answers (the autoscaler: ``level``, ``pin``, ``unpin``)."""
 
 
 class FixedLevel:
-    """The level the profile names; the autoscaler replaces it with the same protocol."""
+    """The profile's ``start_level``, never moved by load: tests, benches, and a profile run
+    without autoscaling answer the same verbs as the autoscaler."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, started_at: float = 0.0) -> None:
+        self.name, self.started_at = name, started_at
 
     def current_level(self) -> str:
         return self.name
+
+    def check(self, now: float) -> None:
+        return None
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {"state": self.name, "level": self.name, "ladder": [], "pinned": None,
+                "entered_at": self.started_at, "next_decision_at": None}  # fmt: skip
+
+    def prepare_reload(self, profile: Profile) -> tuple[Callable[[], None], list[str]]:
+        new = profile.start_level
+        if new == self.name:
+            return (lambda: None), []
+
+        def commit() -> None:
+            self.name = new
+
+        return commit, [f"start_level {self.name} -> {new}"]
+
+    def commands(self) -> dict[str, Command]:
+        return {"level": lambda _args: {"level": self.name, "autoscaler": None}}
 
 
 class CommandError(Exception):
     """A command's refusal: becomes ``{"ok": false, "code": code, "error": message}``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ReplyCode, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ReplyCode(code)
 
 
 def _trainer_settings(profile: Profile, level: str) -> tuple[Any, ...]:
@@ -143,6 +186,8 @@ class Supervisor:
                          ("stop", self.cmd_stop), ("restart", self.cmd_restart),
                          ("reload", self.cmd_reload), ("shutdown", self.cmd_shutdown)):  # fmt: skip
             self.register_command(name, fn)
+        for name, fn in level_source.commands().items():
+            self.register_command(name, fn)
 
     # ------------------------------------------------------------------ thread-safe inputs
 
@@ -155,8 +200,7 @@ class Supervisor:
     def handle_request(self, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         cmd, args = request.get("cmd"), request.get("args", {})
         if not isinstance(cmd, str) or not isinstance(args, dict):
-            return {"ok": False, "code": "bad_request",
-                    "error": 'a request is {"cmd": NAME, "args": {...}}'}  # fmt: skip
+            return error(ReplyCode.BAD_REQUEST, 'a request is {"cmd": NAME, "args": {...}}')
         req = Request(cmd, args)
         with self._exit_lock:
             if self.stopped:
@@ -165,8 +209,7 @@ class Supervisor:
         try:
             return req.reply.get(timeout=timeout)
         except queue.Empty:
-            return {"ok": False, "code": "timeout",
-                    "error": f"the daemon did not answer within {timeout:g}s"}  # fmt: skip
+            return error(ReplyCode.TIMEOUT, f"the daemon did not answer within {timeout:g}s")
 
     # ------------------------------------------------------------------ the loop
 
@@ -219,23 +262,22 @@ class Supervisor:
         fn = self.commands.get(req.cmd)
         if fn is None:
             known = ", ".join(sorted(self.commands))
-            return {"ok": False, "code": "unknown_command",
-                    "error": f"unknown command {req.cmd!r}; known: {known}"}  # fmt: skip
+            return error(ReplyCode.UNKNOWN_COMMAND, f"unknown command {req.cmd!r}; known: {known}")
         if self.stopping and req.cmd not in ("status", "shutdown"):
             return _SHUTTING_DOWN
         try:
             result = fn(req.args)
         except CommandError as e:
-            return {"ok": False, "code": e.code, "error": str(e)}
+            return error(e.code, str(e))
         except (ValueError, KeyError) as e:
-            return {"ok": False, "code": "bad_request", "error": str(e).strip("'\"")}
+            return error(ReplyCode.BAD_REQUEST, str(e).strip("'\""))
         except Exception as e:
             log.exception("command failed", cmd=req.cmd)
-            return {"ok": False, "code": "internal", "error": f"{type(e).__name__}: {e}"}
+            return error(ReplyCode.INTERNAL, f"{type(e).__name__}: {e}")
         if isinstance(result, dict) and "ok" in result:
             return result
         self._sync_level(f"operator {req.cmd}")
-        return {"ok": True, "result": result}
+        return ok(result)
 
     # ------------------------------------------------------------------ checks
 
@@ -249,13 +291,10 @@ class Supervisor:
         self.notifier.watchdog()
 
     def _on_stability(self) -> None:
-        check = getattr(self.level_source, "check", None)
-        if check is None:
-            return
-        decision = check(self.clock.now())
+        decision = self.level_source.check(self.clock.now())
         # The autoscaler has stored and logged its decision with the full reason; the level
         # change row only names it, so the decisions table tells each thing once.
-        trigger = getattr(decision, "trigger", None)
+        trigger = decision.trigger if decision is not None else None
         self._sync_level(f"autoscaler {trigger}" if trigger else "autoscaler decision")
 
     def _on_telemetry(self) -> None:
@@ -271,23 +310,10 @@ class Supervisor:
         self.store.prune_telemetry(now - self.profile.telemetry_retention)
 
     def _on_report(self) -> None:
-        for row in self.game_rows():
-            log.info(
-                "report",
-                **{
-                    k: row[k]
-                    for k in (
-                        "game",
-                        "state",
-                        "episodes",
-                        "target",
-                        "eps_per_hour",
-                        "eta_h",
-                        "best",
-                        "avg100",
-                    )
-                },
-            )
+        for r in self.game_rows():
+            log.info("report", game=r.game, state=r.state, episodes=r.episodes, target=r.target,
+                     episodes_per_hour=r.episodes_per_hour, eta_s=r.eta_s, best=r.best,
+                     avg100=r.avg100)  # fmt: skip
 
     # ------------------------------------------------------------------ level and status
 
@@ -309,7 +335,15 @@ class Supervisor:
             f"games restart with {want}'s settings (games={new.games}, num_envs={new.num_envs},"
             f" batch_size={new.batch_size})"
         )
-        self.store.record_decision(self.clock.now(), "process", reason, None, old, want)
+        self._record(reason, "process", old, want)
+
+    def _record(self, reason: str, kind: str, prev: str | None = None,
+                to: str | None = None) -> None:  # fmt: skip
+        """A decisions row, in order behind the manager's writes; a store that refuses it (a full
+        disk) gets it on a later pass, and the decision itself stands."""
+        now = self.clock.now()
+        self.manager.outbox.write(f"{kind} decision", lambda: self.store.record_decision(
+            now, kind, reason, None, prev, to))  # fmt: skip
 
     def status_line(self) -> str:
         c = self.manager.counts()
@@ -325,24 +359,18 @@ class Supervisor:
             self._status_line = line
             self.notifier.status(line)
 
-    def game_rows(self) -> list[dict[str, Any]]:
-        now, mono = self.clock.now(), self.clock.monotonic()
+    def game_rows(self, now: float | None = None) -> list[GameRow]:
+        now = self.clock.now() if now is None else now
         rows = []
         for g in self.manager.games.values():
             p = g.progress
-            episodes = int(p.get("episodes") or 0)
-            rate = p.get("episodes_per_hour") or 0.0
-            left = max(0, g.target - episodes)
-            eta_h = left / rate if rate and g.state is State.RUNNING else None
-            ckpt = p.get("last_checkpoint_time")
-            rows.append({
-                "game": g.name, "state": g.state.value,
-                "pid": g.proc.pid if g.proc is not None else None,
-                "uptime_s": mono - g.started_mono if g.started_mono is not None else None,
-                "episodes": episodes, "target": g.target, "eps_per_hour": rate,
-                "eta_h": eta_h, "best": p.get("best_return"), "avg100": p.get("avg100"),
-                "checkpoint_age_s": now - ckpt if ckpt else None, "reason": g.reason,
-            })  # fmt: skip
+            rows.append(game_row(
+                game=g.name, state=g.state.value, target=g.target, now=now,
+                pid=g.proc.pid if g.proc is not None else None, started_at=g.started_wall,
+                episodes=p.get("episodes") or 0, episodes_per_hour=p.get("episodes_per_hour"),
+                best=p.get("best_return"), avg100=p.get("avg100"),
+                last_checkpoint_time=p.get("last_checkpoint_time"), reason=g.reason,
+            ))  # fmt: skip
         return rows
 
     # ------------------------------------------------------------------ commands
@@ -350,47 +378,44 @@ class Supervisor:
     def _names(self, args: dict[str, Any]) -> list[str]:
         names = args.get("games")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise CommandError("bad_request", 'args.games must be a list of game names or ["all"]')
+            raise CommandError(
+                ReplyCode.BAD_REQUEST, 'args.games must be a list of game names or ["all"]'
+            )
         unknown = self.manager.unknown(names)
         if unknown:
-            raise CommandError("unknown_game", f"unknown game {', '.join(unknown)}; known: "
+            raise CommandError(ReplyCode.UNKNOWN_GAME, f"unknown game {', '.join(unknown)}; known: "
                                f"{', '.join(self.manager.games)}")  # fmt: skip
         return names
 
     def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
         now = self.clock.now()
-        rows = self.game_rows()
+        rows = self.game_rows(now)
         wanted = args.get("games")
         if wanted:
             unknown = self.manager.unknown(wanted)
             if unknown:
-                raise CommandError("unknown_game", f"unknown game {', '.join(unknown)}")
-            rows = [r for r in rows if r["game"] in wanted]
-        auto = getattr(self.level_source, "status", None)
-        auto_status = auto(now) if auto is not None else {}
-        etas = [r["eta_h"] for r in rows if r["eta_h"] is not None]
-        cost = self.profile.gpu_cost_per_hour
-        return {
-            "level": self.manager.level,
-            "level_state": auto_status.get("state", self.manager.level),
-            "level_entered_at": auto_status.get("entered_at", self.started_at),
-            "pinned": auto_status.get("pinned"),
-            "autoscaler": auto_status,
+                raise CommandError(ReplyCode.UNKNOWN_GAME, f"unknown game {', '.join(unknown)}")
+            rows = [r for r in rows if r.game in wanted]
+        auto = self.level_source.status(now)
+        level = self.manager.level
+        at = auto.get("next_decision_at") or self.next_run("stability")
+        what = next_move(auto.get("state", level), auto.get("ladder") or [], auto.get("pinned"))
+        gpu = normalize_gpu(self.last_gpu) if self.gpu is not None else _NO_GPU
+        return build_status(
+            source="daemon", now=now, level=level,
+            daemon={"running": True, "pid": os.getpid(), "started_at": self.started_at,
+                    "stopping": self.stopping, "profile": self.profile.path},
+            level_entered_at=auto.get("entered_at", self.started_at),
+            pinned=auto.get("pinned"),
             # Reboots only (the first boot a database sees is none), as the autoscaler counts.
-            "boots_last_hour": auto_status.get(
-                "reboots_last_hour", self.store.reboots_since(now - 3600)
-            ),
-            "next_decision_at": auto_status.get("next_decision_at") or self.next_run("stability"),
-            "gpu": gpu_summary(self.last_gpu) if self.gpu is not None else "no GPU",
-            "gpu_sample": self.last_gpu,  # structured NVML numbers for atarictl --json
-            "gpu_cost_per_hour": cost,
-            "cost_to_finish": max(etas) * cost if etas and cost is not None else None,
-            "daemon": {"pid": os.getpid(), "started_at": self.started_at,
-                       "stopping": self.stopping, "profile": self.profile.path},
-            "summary": self.status_line(),
-            "counts": self.manager.counts(),
-            "games": rows,
-        }  # fmt: skip
+            boots_last_hour=auto.get("reboots_last_hour", self.store.reboots_since(now - 3600)),
+            next_decision=NextDecision(what, at), gpu=gpu,
+            slots=self.profile.level(level).games, games=rows,
+            gpu_cost_per_hour=self.profile.gpu_cost_per_hour,
+            extra={"level_state": auto.get("state", level), "autoscaler": auto,
+                   "gpu_sample": self.last_gpu,  # the NVML numbers as sampled, for --json
+                   "summary": self.status_line(), "counts": self.manager.counts()},
+        ).to_dict()  # fmt: skip
 
     def cmd_start(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"games": self.manager.start(self._names(args))}
@@ -406,24 +431,19 @@ class Supervisor:
             profile = load_profile(self.profile.path)
         except ProfileError as e:
             log.error("reload rejected; the running profile stays", error=str(e))
-            raise CommandError("bad_profile", str(e)) from None
+            raise CommandError(ReplyCode.BAD_PROFILE, str(e)) from None
         # Every part checks the new profile first; only when all accept does any of them move.
         # A part moved alone (the level source on a new ladder, the manager on the old levels)
         # would fail every later pass.
         try:
             _check_levels(profile)
-            commits = [prepare(profile) for prepare in self.on_reload]
+            level_commit, changes = self.level_source.prepare_reload(profile)
+            commits = [level_commit, *(prepare(profile) for prepare in self.on_reload)]
         except ValueError as e:
             msg = f"{profile.path}: {e}; the running profile stays"
             log.error("reload rejected; the running profile stays", error=str(e))
-            raise CommandError("bad_profile", msg) from None
+            raise CommandError(ReplyCode.BAD_PROFILE, msg) from None
         self.profile = profile
-        changes = []
-        if isinstance(self.level_source, FixedLevel) and self.level_source.name != (
-            profile.start_level
-        ):
-            changes.append(f"start_level {self.level_source.name} -> {profile.start_level}")
-            self.level_source.name = profile.start_level
         for commit in commits:
             commit()  # the autoscaler adopts the new policy (and may move its state)
         # The level first (the old one may be gone from the profile), then the games; slots
@@ -443,9 +463,7 @@ class Supervisor:
                 n = self.manager.change_level(before, "reload: settings changed")
                 changes.append(f"level {before} settings changed: {n} running games restart")
         changes += self.manager.set_profile(profile)
-        self.store.record_decision(
-            self.clock.now(), "operator", "reload: " + ("; ".join(changes) or "no game changes")
-        )
+        self._record("reload: " + ("; ".join(changes) or "no game changes"), "operator")
         return {"profile": profile.path, "changes": changes}
 
     def cmd_shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -461,7 +479,7 @@ class Supervisor:
         n = self.manager.shutdown(reason)
         log.info("shutting down: graceful stop of every trainer in parallel", reason=reason,
                  trainers=n, stop_grace=self.profile.stop_grace)  # fmt: skip
-        self.store.record_decision(self.clock.now(), "daemon", f"shutdown: {reason}")
+        self._record(f"shutdown: {reason}", "daemon")
         self.notifier.stopping(f"stopping · {n} trainers checkpointing")
         # SIGKILL after stop_grace, then reaping: ask systemd for that much time.
         self.notifier.extend_timeout(self.profile.stop_grace + 15)

@@ -244,19 +244,17 @@ class Ctl:
         now = time.time()
         try:
             # Filtered here, not by the daemon, so an unknown name gets the list of known ones.
-            raw = self.client.call("status", {})
-            st = fmt.normalize_status(raw, now=now, source="daemon")
+            st = self.client.call("status", {})
             code = EXIT_OK
         except DaemonUnreachable as down:
             from daemon.atarictl.offline import NoDatabase, offline_status
 
             try:
-                raw = offline_status(self.paths.db, now)
+                st = offline_status(self.paths.db, now)
             except NoDatabase:
                 raise DaemonUnreachable(
                     f"{down}; and no database at {self.paths.db} to read instead", down.code
                 ) from None
-            st = fmt.normalize_status(raw, now=now, source="database")
             st["db"] = str(self.paths.db)
             code = EXIT_NOT_RUNNING
         if games:
@@ -293,10 +291,7 @@ class Ctl:
 
     def _games_cmd(self, cmd: str) -> int:
         # The profile's spelling, case-insensitively; an unknown name gets the one wording.
-        raw = self.client.call("status", {})
-        known = [
-            g["game"] for g in fmt.normalize_status(raw, now=time.time(), source="daemon")["games"]
-        ]
+        known = [g["game"] for g in self.client.call("status", {})["games"]]
         games = resolve_games(self.args.games, known, allow_all=True)
         result = self.client.call(cmd, {"games": games})
         self.out(_describe(cmd, result), result)

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import CtlError
+from daemon.status import build, game_row
 
 HISTORY_KINDS = ("boots", "levels", "runs", "decisions")
 
@@ -94,7 +95,7 @@ def daemon_info(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict[str, Any]:
-    """The daemon's status shape, rebuilt from the tables (no GPU, no next decision)."""
+    """``daemon/status.py``'s shape from the tables (no GPU, no next decision, no slots)."""
     with connect_ro(db) as conn:
         level = _select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
         # Reboots only, as the daemon and the autoscaler count them (the first boot is none).
@@ -123,21 +124,24 @@ def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict
         )
         info = daemon_info(conn)
     lv = level[0] if level else {}
-    pinned = lv.get("pinned")
-    for r in rows:
-        r["pid"] = None  # the daemon is down, so none of its trainers is supervised now
     if games:
         rows = [r for r in rows if r["name"] in games]
-    return {
-        "level": lv.get("state"),
-        "level_entered_at": lv.get("entered_at"),
-        "pinned": pinned if pinned else None,
-        "boots_last_hour": len(boots),
-        "next_decision": None,
-        "gpu": None,
-        "games": rows,
-        "daemon": info,
-    }
+    # pid None: the daemon is down, so none of its trainers is supervised now.
+    game_rows = [
+        game_row(game=r["name"], state=r["state"] or "unknown", target=r["target"], now=now,
+                 episodes=r["episodes"] or 0, episodes_per_hour=r["episodes_per_hour"],
+                 best=r["best_return"], avg100=r["avg100"],
+                 last_checkpoint_time=r["last_checkpoint_time"])
+        for r in rows
+    ]
+    return build(
+        source="database", now=now, daemon=info, level=lv.get("state"),
+        level_entered_at=lv.get("entered_at"), pinned=lv.get("pinned"),
+        boots_last_hour=len(boots), next_decision=None, gpu=None,
+        # Not in the database: the level's slots and the cost are the profile's (the total
+        # ETA then assumes every pending game runs at once, and no cost is projected).
+        slots=None, games=game_rows, gpu_cost_per_hour=None,
+    ).to_dict()  # fmt: skip
 
 
 def known_games(db: Path) -> list[str]:

@@ -27,8 +27,10 @@ from daemon.autoscaler.policy import Facts
 from daemon.autoscaler.repository import AutoscalerRepository, DecisionRow, StoredState
 from daemon.autoscaler.states import is_upward, level_of, state_names, validate_ladder
 from daemon.clock import Clock
-from daemon.config import AutoscalerPolicy
+from daemon.config import AutoscalerPolicy, Profile
+from daemon.store import StoreError
 
+RECENT = 10  # decisions shown by ``atarictl level``
 log = structlog.get_logger("daemon.autoscaler")
 
 
@@ -77,6 +79,8 @@ class Autoscaler:
         self._failed = 0
         self._pinned: str | None = None
         self._restored = False
+        # Decisions the store refused (a full disk): saved, in order, with the next save.
+        self._unsaved: list[DecisionRow] = []
         self._saved_stable_since: float | None = None
 
     # -- LevelSource ----------------------------------------------------------------------------
@@ -170,9 +174,14 @@ class Autoscaler:
                 )
 
     def reload(self, policy: AutoscalerPolicy, now: float | None = None) -> None:
-        self.prepare_reload(policy, now)()
+        self.prepare_policy(policy, now)()
 
-    def prepare_reload(
+    def prepare_reload(self, profile: Profile) -> tuple[Callable[[], None], list[str]]:
+        """The ``LevelSource`` verb: the profile's autoscaler section, checked, and its commit.
+        The decision row of the commit says what moved, so the reply lists no change of its own."""
+        return self.prepare_policy(profile.autoscaler), []
+
+    def prepare_policy(
         self, policy: AutoscalerPolicy, now: float | None = None
     ) -> Callable[[], None]:
         """Check a reloaded profile's policy and return its commit; nothing changes until the
@@ -224,6 +233,8 @@ class Autoscaler:
     def check(self, now: float | None = None) -> Decision | None:
         """Evaluate the guards; fire at most one transition. Returns the level decision, if any."""
         self._require_restored()
+        if self._unsaved:
+            self._save(self.clock.now() if now is None else now, None)
         now = self.clock.now() if now is None else now
         facts = self.facts(now)
         if guards.is_pinned(facts):
@@ -305,6 +316,29 @@ class Autoscaler:
             "unstable": guards.is_unstable(facts, self.policy, now),
         }
 
+    # -- control commands (run in the supervisor's loop; PinError is a bad_request reply) --------
+    def commands(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {"level": self._cmd_level, "pin": self._cmd_pin, "unpin": self._cmd_unpin}
+
+    def _cmd_level(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {**self.status(), "recent": self.history(limit=RECENT)}
+
+    def _cmd_pin(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = args.get("level")
+        if not isinstance(name, str) or not name:
+            raise PinError(
+                'pin: args.level is required, e.g. {"cmd": "pin", "args": {"level": "light"}}'
+            )
+        return self._with_message(self.pin(name))
+
+    def _cmd_unpin(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self._with_message(self.unpin())
+
+    def _with_message(self, decision: Decision) -> dict[str, Any]:
+        # The status plus the reason as "message", which atarictl prints.
+        return {**self.status(decision.at), "message": decision.reason,
+                "level_changed": decision.level_changed}  # fmt: skip
+
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Boots and level decisions, oldest first (the newest ``limit`` when given)."""
         return [asdict(d) for d in self.repo.decisions(limit=limit)]
@@ -348,17 +382,24 @@ class Autoscaler:
         return decision
 
     def _save(self, now: float, decision: DecisionRow | None) -> None:
-        stable = guards.stable_since(self.facts(now), self.policy, now)
-        self.repo.save(
-            StoredState(
-                state=self.state,
-                entered_at=self._entered_at,
-                pinned=self._pinned,
-                cooldown_s=self._cooldown_s,
-                failed_promotions=self._failed,
-                stable_since=stable,
-            ),
-            now,
-            decision,
-        )
+        """The state and the decision into the store. The machine has already moved, so a store
+        that refuses the write (a full disk) must not undo or half-do it: the rows wait in
+        memory and go in with the next save (the next stability check at the latest)."""
+        if decision is not None:
+            self._unsaved.append(decision)
+        try:
+            stable = guards.stable_since(self.facts(now), self.policy, now)
+            state = StoredState(
+                state=self.state, entered_at=self._entered_at, pinned=self._pinned,
+                cooldown_s=self._cooldown_s, failed_promotions=self._failed, stable_since=stable,
+            )  # fmt: skip
+            while len(self._unsaved) > 1:
+                self.repo.save(state, now, self._unsaved[0])
+                self._unsaved.pop(0)
+            self.repo.save(state, now, self._unsaved[0] if self._unsaved else None)
+        except StoreError as e:
+            log.warning("autoscaler state not saved; kept in memory and saved with the next check",
+                        error=str(e), waiting=len(self._unsaved))  # fmt: skip
+            return
+        self._unsaved.clear()
         self._saved_stable_since = stable

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from daemon.autoscaler import Autoscaler
-from daemon.autoscaler.commands import attach
 from daemon.clock import FakeClock
 from daemon.process import ProcessManager, State
 from daemon.store import Store
@@ -36,7 +35,6 @@ def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeOs, FakeCl
                          scaler.current_level())  # fmt: skip
     mgr.restore()
     s = Supervisor(profile, store, clock, mgr, scaler)
-    attach(s, scaler)
     s.loop_once()
     clock.advance(profile.startsecs)
     s.loop_once()

@@ -201,3 +201,28 @@ def test_restore_says_a_game_with_a_checkpoint_resumes_also_at_episode_0(
     assert "7/30 episodes" in reasons["Breakout"]
     assert "resumes from its checkpoint" in reasons["Breakout"]
     assert reasons["CartPole-v1"] == "restored: not started yet"
+
+
+@pytest.mark.parametrize(
+    "bad", ['{"episodes": "abc"}', '{"episodes": NaN}', '{"episodes": -5, "avg100": "x"}',
+            '{"episodes": 1e400}', '["not", "an", "object"]', '{"episodes": ' + "9" * 5000 + "}"],
+)  # fmt: skip
+def test_a_malformed_progress_json_never_wedges_supervision(
+    tmp_path: Path, profile: Profile, bad: str
+) -> None:
+    clock, fake = FakeClock(), FakeOs()
+    store = Store.open(tmp_path / "atari.db")
+    runs = tmp_path / "runs"
+    (runs / "Pong").mkdir(parents=True)
+    (runs / "Pong" / "progress.json").write_text(bad)
+    mgr = ProcessManager(profile, store, clock, fake, runs, tmp_path / "logs", "light")
+    mgr.restore()  # the same read at daemon start
+    mgr.tick()
+    pong, brk = mgr.games["Pong"].proc.pid, mgr.games["Breakout"].proc.pid
+    (runs / "Pong" / "progress.json").write_text(bad)  # what the child left when it exited
+    fake.exits[pong] = fake.exits[brk] = 1
+    mgr.tick()  # Pong's exit is handled first; Breakout, after it, must be polled too
+    mgr.health()
+    assert mgr.games["Pong"].state is State.BACKOFF, mgr.games["Pong"].reason
+    assert mgr.games["Breakout"].state is State.BACKOFF
+    assert [r["outcome"] for r in store.runs("Breakout")] == ["crash"]

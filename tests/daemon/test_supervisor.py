@@ -18,13 +18,10 @@ from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
 
 
-class SwitchableLevel:
+class SwitchableLevel(FixedLevel):
     def __init__(self, name: str) -> None:
-        self.name = name
+        super().__init__(name)
         self.checks = 0
-
-    def current_level(self) -> str:
-        return self.name
 
     def check(self, now: float) -> None:
         self.checks += 1
@@ -62,7 +59,7 @@ def test_status_lists_every_game(sup) -> None:
     assert {g["game"]: g["state"] for g in result["games"]} == {
         "CartPole-v1": "QUEUED", "Pong": "STARTING", "Breakout": "STARTING"}  # fmt: skip
     assert result["summary"] == "light · 2 running · 1 queued · 0 fatal"
-    assert result["gpu"] == "no GPU"
+    assert result["gpu"] == {"available": False, "reason": "no GPU", "gpus": []}
 
 
 def test_unknown_game_and_bad_requests_get_one_line_errors(sup) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from daemon.autoscaler import Autoscaler
-from daemon.autoscaler.commands import attach
 from daemon.checks import Checks
 from daemon.clock import FakeClock
 from daemon.config import Profile, load_profile
@@ -45,7 +44,6 @@ def build(tmp_path: Path) -> tuple[Supervisor, Autoscaler, Checks, FakeOs, FakeC
     mgr.restore()
     sup = Supervisor(profile, store, clock, mgr, scaler)
     checks = Checks(profile.checks, sup.post)
-    attach(sup, scaler)
     sup.on_reload.append(lambda p: checks.prepare_reschedule(p.checks))
     sup.loop_once()
     return sup, scaler, checks, fake, clock
