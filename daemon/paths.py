@@ -110,24 +110,30 @@ def resolve_dirs(
         (_DEFAULT, Path("state")),
     ]
     rank, state = next((r, Path(v)) for r, v in states if v)
-    runtime = _first(
-        [
-            (_FLAG, runtime_dir),
-            (_ENV, _env_dir(env, "RUNTIME_DIRECTORY")),
-            (_PROFILE, profile.runtime_dir if profile else None),
-            (_SYSTEM, sys_runtime if rank == _SYSTEM else None),
-        ],
-        rank,
-    ) or state / "run"
-    logs = _first(
-        [
-            (_FLAG, logs_dir),
-            (_ENV, _env_dir(env, "LOGS_DIRECTORY")),
-            (_PROFILE, profile.logs_dir if profile else None),
-            (_SYSTEM, sys_logs if rank == _SYSTEM else None),
-        ],
-        rank,
-    ) or state / "logs"
+    runtime = (
+        _first(
+            [
+                (_FLAG, runtime_dir),
+                (_ENV, _env_dir(env, "RUNTIME_DIRECTORY")),
+                (_PROFILE, profile.runtime_dir if profile else None),
+                (_SYSTEM, sys_runtime if rank == _SYSTEM else None),
+            ],
+            rank,
+        )
+        or state / "run"
+    )
+    logs = (
+        _first(
+            [
+                (_FLAG, logs_dir),
+                (_ENV, _env_dir(env, "LOGS_DIRECTORY")),
+                (_PROFILE, profile.logs_dir if profile else None),
+                (_SYSTEM, sys_logs if rank == _SYSTEM else None),
+            ],
+            rank,
+        )
+        or state / "logs"
+    )
     # Absolute (not resolved: symlinks stay as the operator named them), so messages and stored
     # paths stay meaningful outside the current directory.
     return Dirs(

@@ -147,9 +147,12 @@ def normalize_gpu(sample: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     gpus = [
         {
-            "name": g.get("name", f"gpu{i}"), "util_pct": g.get("util_pct"),
-            "mem_used_mib": g.get("mem_used_mb"), "mem_total_mib": g.get("mem_total_mb"),
-            "temp_c": g.get("temperature_c"), "power_w": g.get("power_w"),
+            "name": g.get("name", f"gpu{i}"),
+            "util_pct": g.get("util_pct"),
+            "mem_used_mib": g.get("mem_used_mb"),
+            "mem_total_mib": g.get("mem_total_mb"),
+            "temp_c": g.get("temperature_c"),
+            "power_w": g.get("power_w"),
         }
         for i, g in enumerate(sample.get("gpus") or [])
     ]

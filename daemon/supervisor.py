@@ -20,15 +20,17 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
+from daemon.level_source import Command, LevelSource
 from daemon.process import ProcessManager
+from daemon.reload import check_levels, settings_changed
 from daemon.sdnotify import Notifier
 from daemon.status import GameRow, NextDecision, game_row, next_move, normalize_gpu
 from daemon.status import build as build_status
@@ -37,62 +39,8 @@ from daemon.telemetry import GpuProbe, ProcessProbe, host_sample
 
 log = structlog.get_logger("daemon.supervisor")
 
-Command = Callable[[dict[str, Any]], dict[str, Any]]
 _NO_GPU = {"available": False, "reason": "no GPU", "gpus": []}
 _SHUTTING_DOWN = error(ReplyCode.SHUTTING_DOWN, "the daemon is shutting down")
-
-
-class LevelDecision(Protocol):
-    trigger: str
-
-
-class LevelSource(Protocol):
-    """Where the level comes from: ``FixedLevel`` or the autoscaler, the same verbs."""
-
-    def current_level(self) -> str: ...
-
-    def check(self, now: float) -> LevelDecision | None:
-        """The stability check: may move the level (the loop then carries it out)."""
-
-    def status(self, now: float) -> dict[str, Any]:
-        """At least ``state``, ``entered_at``, ``pinned``, ``ladder``, ``next_decision_at``."""
-
-    def prepare_reload(self, profile: Profile) -> tuple[Callable[[], None], list[str]]:
-        """Check a reloaded profile (``ValueError`` refuses it); return (commit, changes)."""
-
-    def commands(self) -> dict[str, Command]:
-        """Control commands it answers (the autoscaler: ``level``, ``pin``, ``unpin``)."""
-
-
-class FixedLevel:
-    """The profile's ``start_level``, never moved by load: tests, benches, and a profile run
-    without autoscaling answer the same verbs as the autoscaler."""
-
-    def __init__(self, name: str, started_at: float = 0.0) -> None:
-        self.name, self.started_at = name, started_at
-
-    def current_level(self) -> str:
-        return self.name
-
-    def check(self, now: float) -> None:
-        return None
-
-    def status(self, now: float) -> dict[str, Any]:
-        return {"state": self.name, "level": self.name, "ladder": [], "pinned": None,
-                "entered_at": self.started_at, "next_decision_at": None}  # fmt: skip
-
-    def prepare_reload(self, profile: Profile) -> tuple[Callable[[], None], list[str]]:
-        new = profile.start_level
-        if new == self.name:
-            return (lambda: None), []
-
-        def commit() -> None:
-            self.name = new
-
-        return commit, [f"start_level {self.name} -> {new}"]
-
-    def commands(self) -> dict[str, Command]:
-        return {"level": lambda _args: {"level": self.name, "autoscaler": None}}
 
 
 class CommandError(Exception):
@@ -101,26 +49,6 @@ class CommandError(Exception):
     def __init__(self, code: ReplyCode, message: str) -> None:
         super().__init__(message)
         self.code = ReplyCode(code)
-
-
-def _trainer_settings(profile: Profile, level: str) -> tuple[Any, ...]:
-    """What a trainer of ``level`` is started with (``trainer_argv``), but the game's own. The
-    level's slot count is not among them: more slots just fill (fewer restart the games)."""
-    lv = profile.level(level)
-    return (replace(lv, games=1), tuple(profile.trainer_args), profile.device, profile.seed,
-            profile.checkpoint_every)  # fmt: skip
-
-
-def _check_levels(profile: Profile) -> None:
-    """The level names a reload's parts will look up exist in the new profile (the loader
-    checks this too; a profile built in code is checked here before any part moves)."""
-    names = set(profile.level_names)
-    for field_name, wanted in (("start_level", (profile.start_level,)),
-                               ("autoscaler.ladder", profile.autoscaler.ladder)):  # fmt: skip
-        missing = [w for w in wanted if w not in names]
-        if missing:
-            raise ValueError(f"{field_name}: no level named {', '.join(missing)}; "
-                             f"levels are {', '.join(sorted(names))}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- events
@@ -436,7 +364,7 @@ class Supervisor:
         # A part moved alone (the level source on a new ladder, the manager on the old levels)
         # would fail every later pass.
         try:
-            _check_levels(profile)
+            check_levels(profile)
             level_commit, changes = self.level_source.prepare_reload(profile)
             commits = [level_commit, *(prepare(profile) for prepare in self.on_reload)]
         except ValueError as e:
@@ -450,18 +378,12 @@ class Supervisor:
         # fill only once a level change has drained.
         before = self.manager.level
         self._sync_level("reload")
-        if self.manager.level == before and not self.stopping:
-            # Same level, edited settings: the running games would keep the old ones (and a
-            # lowered ``games`` would leave too many running), so restart them like a level
-            # change does.
-            was, new = (
-                _trainer_settings(self.manager.profile, before),
-                _trainer_settings(profile, before),
-            )
-            fewer = profile.level(before).games < self.manager.profile.level(before).games
-            if was != new or fewer:
-                n = self.manager.change_level(before, "reload: settings changed")
-                changes.append(f"level {before} settings changed: {n} running games restart")
+        # Same level, edited settings: the running games would keep the old ones, so restart
+        # them like a level change does.
+        same = self.manager.level == before and not self.stopping
+        if same and settings_changed(self.manager.profile, profile, before):
+            n = self.manager.change_level(before, "reload: settings changed")
+            changes.append(f"level {before} settings changed: {n} running games restart")
         changes += self.manager.set_profile(profile)
         self._record("reload: " + ("; ".join(changes) or "no game changes"), "operator")
         return {"profile": profile.path, "changes": changes}

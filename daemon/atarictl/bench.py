@@ -140,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             path = tmp / "bench.sock"
-            stack.enter_context(
-                ControlServer(path, ok, max_connections=32)
-            )
+            stack.enter_context(ControlServer(path, ok, max_connections=32))
             cmd, target = "echo", "bare ControlServer (echo handler)"
         else:
             path, cmd, target = args.socket, "status", f"daemon at {args.socket} (status)"

@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--profile", type=Path, help="profile the service runs with")
     i.add_argument("--user", help="system user the service runs as")
     sub.add_parser("uninstall-service", parents=[js], help="remove the systemd unit")
-    from daemon.atarictl import eval as eval_cmd  # issue 13: eval (its own module)
+    from daemon.atarictl import eval as eval_cmd
 
     eval_cmd.add_parser(sub, [js])
     return p
@@ -447,7 +447,7 @@ class Ctl:
         return EXIT_OK
 
     def cmd_restore(self) -> int:
-        from daemon.atarictl.backup import restore
+        from daemon.atarictl.restore import restore
 
         result = restore(self.paths, self.args.path)
         human = (

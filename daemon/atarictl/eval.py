@@ -162,9 +162,7 @@ def evaluate(
     now: float | None = None,
 ) -> dict[str, Any]:
     kind, path = resolve_model(paths, game, model)
-    result = run_evaluator(
-        game, path, episodes=episodes, seed=seed, threads=threads, video=video
-    )
+    result = run_evaluator(game, path, episodes=episodes, seed=seed, threads=threads, video=video)
     result["model"]["requested"] = kind
     result["human_normalized"] = human_normalized(result["game"], result["mean"])
     result["reference"] = (

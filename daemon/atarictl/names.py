@@ -1,7 +1,7 @@
 """Game and command names as a user types them: case-insensitive, one "did you mean".
 
 Every command that takes a game name (status, start, stop, restart, tail, models, eval) calls
-resolve_game(s) so an unknown game reads the same everywhere (issue 12 item 6).
+resolve_game(s) so an unknown game reads the same everywhere.
 """
 
 from __future__ import annotations

@@ -128,10 +128,17 @@ def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict
         rows = [r for r in rows if r["name"] in games]
     # pid None: the daemon is down, so none of its trainers is supervised now.
     game_rows = [
-        game_row(game=r["name"], state=r["state"] or "unknown", target=r["target"], now=now,
-                 episodes=r["episodes"] or 0, episodes_per_hour=r["episodes_per_hour"],
-                 best=r["best_return"], avg100=r["avg100"],
-                 last_checkpoint_time=r["last_checkpoint_time"])
+        game_row(
+            game=r["name"],
+            state=r["state"] or "unknown",
+            target=r["target"],
+            now=now,
+            episodes=r["episodes"] or 0,
+            episodes_per_hour=r["episodes_per_hour"],
+            best=r["best_return"],
+            avg100=r["avg100"],
+            last_checkpoint_time=r["last_checkpoint_time"],
+        )
         for r in rows
     ]
     return build(

@@ -1,4 +1,4 @@
-"""The autoscaler: a ``transitions`` state machine over the profile's load levels (issue 4).
+"""The autoscaler: a ``transitions`` state machine over the profile's load levels.
 
 ``Autoscaler`` is the daemon's ``LevelSource``; see docs/autoscaler.md for the policy in words.
 """

@@ -153,7 +153,7 @@ models = Table(
     Column("path", Text),
 )
 
-# Added in schema version 4 (issue 13): one row per `atarictl eval` (or daemon-run eval).
+# Added in schema version 4: one row per `atarictl eval` (or daemon-run eval).
 evals = Table(
     "evals",
     metadata,

@@ -1,7 +1,7 @@
 """Everything SQLite-specific about the store, in one place.
 
 ``Store`` (``store.py``) speaks SQLAlchemy Core and knows nothing of the file format; a second
-dialect (PostgreSQL, issue 15) would sit beside this module and provide the same five things:
+dialect (PostgreSQL) would sit beside this module and provide the same five things:
 
 - ``make_engine``: the engine and its per-connection settings (WAL, ``synchronous=FULL``, busy
   timeout, foreign keys);

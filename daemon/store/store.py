@@ -345,7 +345,7 @@ class Store:
         with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(select(s.models))]
 
-    # ------------------------------------------------------------------ evals (issue 13)
+    # ------------------------------------------------------------------ evals
 
     def record_eval(self, **fields: Any) -> int:
         """One evaluation result (columns of ``schema.evals``); returns its id."""

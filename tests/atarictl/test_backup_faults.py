@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.atarictl import backup as backup_mod
-from daemon.atarictl.backup import INTENT_NAME, backup, recover_interrupted_restore, verify
+from daemon.atarictl import archive as backup_mod
+from daemon.atarictl.archive import verify
+from daemon.atarictl.backup import backup
+from daemon.atarictl.restore import INTENT_NAME, recover_interrupted_restore
 from daemon.paths import resolve_dirs as resolve
 from tests.support.state import atarictl, populate_state
 
@@ -63,7 +65,7 @@ def target(tmp_path: Path) -> Path:
 _CRASHING_RESTORE = """
 import os, sys
 from pathlib import Path
-from daemon.atarictl import backup
+from daemon.atarictl import restore
 from daemon.paths import resolve_dirs
 state, archive, at, when = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 real, calls = os.rename, [0]
@@ -75,7 +77,7 @@ def rename(src, dst, *a, **k):
     if calls[0] == at and when == "after":
         os._exit(1)
 os.rename = rename
-backup.restore(resolve_dirs(state_dir=state), archive)
+restore.restore(resolve_dirs(state_dir=state), archive)
 os._exit(0)
 """
 

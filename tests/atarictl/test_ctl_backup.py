@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.atarictl.backup import BackupError, backup, restore, verify
+from daemon.atarictl.archive import BackupError, verify
+from daemon.atarictl.backup import backup
+from daemon.atarictl.restore import restore
 from daemon.control_server import ControlServer
 from daemon.paths import resolve_dirs as resolve
 from tests.support.state import atarictl, populate_state

@@ -13,10 +13,11 @@ import pytest
 from daemon.atarictl import formatting as fmt
 from daemon.atarictl.offline import offline_status
 from daemon.clock import FakeClock
+from daemon.level_source import FixedLevel
 from daemon.process import ProcessManager
 from daemon.status import GameRow, from_dict
 from daemon.store import Store
-from daemon.supervisor import FixedLevel, Supervisor
+from daemon.supervisor import Supervisor
 from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
 

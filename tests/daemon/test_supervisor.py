@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from daemon.clock import FakeClock
+from daemon.level_source import FixedLevel
 from daemon.logging import configure_logging
 from daemon.process import ProcessManager, State
 from daemon.store import Store, StoreError
-from daemon.supervisor import Check, FixedLevel, Shutdown, Supervisor
+from daemon.supervisor import Check, Shutdown, Supervisor
 from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
 

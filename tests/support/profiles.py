@@ -152,8 +152,14 @@ MANAGER_PROFILE = ProfileSpec(
         "startsecs": "5s",
         "stop_grace": "30s",
         "frozen_after": "100s",
-        "backoff": {"initial": "10s", "factor": 2, "max": "40s", "reset_after": "600s",
-                    "storm_crashes": 3, "storm_window": "600s"},
+        "backoff": {
+            "initial": "10s",
+            "factor": 2,
+            "max": "40s",
+            "reset_after": "600s",
+            "storm_crashes": 3,
+            "storm_window": "600s",
+        },
     }
 )
 
@@ -175,8 +181,14 @@ def daemon_profile(
             "startsecs": "2s",
             "stop_grace": "60s",
             "frozen_after": frozen_after,
-            "backoff": {"initial": "1s", "factor": 2, "max": "10s", "reset_after": "10m",
-                        "storm_crashes": 5, "storm_window": "10m"},
+            "backoff": {
+                "initial": "1s",
+                "factor": 2,
+                "max": "10s",
+                "reset_after": "10m",
+                "storm_crashes": 5,
+                "storm_window": "10m",
+            },
             "checkpoint_every": "600s",
             "device": "cpu",
             "trainer_args": list(TINY_TRAINER_ARGS),

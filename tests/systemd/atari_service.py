@@ -61,8 +61,9 @@ class Service:
 
     def atarictl(self, *args: str, timeout: float = 300) -> Any:
         """Run atarictl inside the sandbox, with the venv's interpreter like an operator would."""
-        return self.box.run(sys.executable, "-m", "daemon.atarictl", *args, check=False,
-                            timeout=timeout)
+        return self.box.run(
+            sys.executable, "-m", "daemon.atarictl", *args, check=False, timeout=timeout
+        )
 
     # -- systemd's view ---------------------------------------------------------------------------
 
