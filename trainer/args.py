@@ -126,6 +126,11 @@ def validate(a: Args) -> Args:
     _positive("--target-update", a.target_update)
     _positive("--eps-decay-steps", a.eps_decay_steps)
     _positive("--hidden", a.hidden)
+    _positive("--lr-decay-steps", a.lr_decay_steps, allow_zero=True)
+    if a.rollout_steps is not None:
+        _positive("--rollout-steps", a.rollout_steps)
+    if not 0 <= a.q_lambda <= 1:  # also false for NaN
+        raise UsageError(f"atari-trainer: error: --q-lambda must be in [0, 1], got {a.q_lambda}")
     _positive("--threads", a.threads, allow_zero=True)
     _positive("--env-threads", a.env_threads, allow_zero=True)
     if not 0 < a.gamma <= 1:  # also false for NaN
@@ -170,11 +175,17 @@ def resume_config(
             f"{saved['game']!r}, not {args.game!r}; use another --run-dir"
         )
     changes: dict[str, Any] = {}
+    notes: list[str] = []  # logged only once nothing is refused: a refusal is one line
     for f in dataclasses.fields(Args):
         rule, name = f.metadata["resume"], f.name
         if name not in saved or saved[name] == getattr(args, name):
             continue
         ours, theirs = getattr(args, name), saved[name]
+        if rule == FIXED and given is not None and name not in given:
+            # Not given: the run's own value (a manual resume need not repeat --algo/--hidden).
+            notes.append(f"resume: {flag(name)} {theirs} restored from the checkpoint")
+            changes[name] = theirs
+            continue
         if rule == FIXED:
             raise UsageError(
                 f"atari-trainer: error: {flag(name)} {ours} conflicts with {flag(name)} {theirs} "
@@ -184,8 +195,11 @@ def resume_config(
         if rule != RESTORE:
             continue
         if given is None or name in given:
-            log.info("resume: %s %s given (the checkpoint ran with %s)", flag(name), ours, theirs)
+            notes.append(f"resume: {flag(name)} {ours} given (the checkpoint ran with {theirs})")
         else:
-            log.info("resume: %s %s restored from the checkpoint", flag(name), theirs)
+            notes.append(f"resume: {flag(name)} {theirs} restored from the checkpoint")
             changes[name] = theirs
-    return validate(dataclasses.replace(args, **changes)) if changes else args
+    merged = validate(dataclasses.replace(args, **changes)) if changes else args
+    for note in notes:
+        log.info("%s", note)
+    return merged

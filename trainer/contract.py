@@ -29,9 +29,11 @@ from typing import IO, Any
 
 # ---------------------------------------------------------------------------------- arguments
 
+ALGOS = ("dqn", "pqn")
+
 # What a resume does with a flag that is not on the command line. A given flag always wins.
 RESTORE = "restore"  # the checkpoint's value (the run's own config), not the default
-FIXED = "fixed"  # must equal the checkpoint's value: a different one is refused
+FIXED = "fixed"  # a different given value is refused; not given: the checkpoint's
 RUN = "run"  # this invocation only (paths, limits, threads): never restored
 
 
@@ -48,17 +50,25 @@ class Args:
     game: str = field(metadata=_meta("Atari game (Pong = Pong-v5) or CartPole-v1", FIXED))
     episodes: int = field(metadata=_meta("target number of real episodes", RUN))
     run_dir: Path = field(metadata=_meta("checkpoints, progress, logs", RUN))
+    algo: str = _arg(
+        "dqn",
+        "dqn: Double DQN with replay; pqn: replay-free Q(lambda)",
+        FIXED,
+        choices=ALGOS,
+    )
     num_envs: int = _arg(8, "environments stepped together")
-    batch_size: int = _arg(32, "learner batch")
+    batch_size: int = _arg(32, "learner batch (pqn: the minibatch of each rollout)")
     device: str = _arg("auto", "auto = CUDA when present", RUN, choices=("auto", "cpu", "cuda"))
     seed: int = _arg(1, "torch, numpy and env seeds")
     checkpoint_every: float = _arg(90.0, "seconds between checkpoints", RUN)
     keep_checkpoints: int = _arg(3, "newest K checkpoint files kept", RUN)
     progress_every: float = _arg(2.0, "seconds between progress.json rewrites", RUN)
     buffer_gb: float = _arg(7.0, "replay memory budget, decimal GB")
-    replay_ratio: float = _arg(8.0, "samples trained per env step")
+    replay_ratio: float = _arg(
+        8.0, "samples trained per env step (pqn: passes over each rollout); scaled with the batch"
+    )
     learning_starts: int = _arg(80_000, "transitions before the learner starts")
-    lr: float = _arg(1e-4, "Adam learning rate")
+    lr: float = _arg(1e-4, "Adam learning rate; scaled with the batch unless given")
     adam_eps: float = _arg(1.5e-4, "Adam epsilon")
     gamma: float = _arg(0.99, "discount")
     n_step: int = _arg(3, "n-step returns")
@@ -67,6 +77,13 @@ class Args:
     eps_end: float = _arg(0.01, "epsilon-greedy end")
     eps_decay_steps: int = _arg(1_000_000, "env steps of the linear epsilon decay")
     max_grad_norm: float = _arg(10.0, "gradient clipping")
+    q_lambda: float = _arg(0.65, "pqn: lambda of the Q(lambda) returns")
+    lr_decay_steps: int = _arg(
+        0, "pqn: env steps of a linear lr decay to 1/10 of --lr, then held; 0 = constant lr"
+    )
+    rollout_steps: int | None = _arg(
+        None, "pqn: env steps per env between updates; default from the batch (scaling rule)"
+    )
     hidden: int = _arg(256, "MLP width (CartPole); fixes the network shape", FIXED)
     threads: int = _arg(0, "torch.set_num_threads; 0 = torch default (OMP_NUM_THREADS)", RUN)
     env_threads: int = _arg(0, "envpool threads, 0 = auto", RUN)
@@ -93,7 +110,7 @@ class Args:
         return d
 
 
-CLASSIC_TASKS = ("CartPole-v1",)
+CLASSIC_TASKS = ("CartPole-v1", "Acrobot-v1")
 
 
 def flag(name: str) -> str:
@@ -134,6 +151,36 @@ def buffer_gb_or_default(buffer_gb: float | None) -> float:
 def replay_budget_bytes(buffer_gb: float | None) -> int:
     """Bytes of replay memory a ``--buffer-gb`` value buys (decimal GB, as the flag says)."""
     return int(buffer_gb_or_default(buffer_gb) * 1e9)
+
+
+ATARI_OBS_BYTES = 4 * 84 * 84  # one stacked uint8 observation
+# One PQN rollout sample on the device: observation, action (int64), reward, value (float32)
+# and three flags; trainer/pqn.py's rollout_buffers allocates exactly this (tested).
+PQN_SAMPLE_BYTES = ATARI_OBS_BYTES + 8 + 4 + 4 + 3
+
+
+ROLLOUT_BATCHES = 2
+MAX_ROLLOUT_STEPS = 128
+
+
+def pqn_rollout_steps(num_envs: int, batch_size: int) -> int:
+    """PQN's env steps per env between updates (the scaling rule's, trainer/scaling.py): every
+    rollout splits into ROLLOUT_BATCHES minibatches, clamped to 1..MAX_ROLLOUT_STEPS steps. Here
+    because it sizes the rollout the profile validator counts."""
+    return max(1, min(MAX_ROLLOUT_STEPS, math.ceil(ROLLOUT_BATCHES * batch_size / num_envs)))
+
+
+def learner_memory_bytes(
+    algo: str, num_envs: int, batch_size: int, buffer_gb: float | None,
+    rollout_steps: int | None = None,
+) -> int:  # fmt: skip
+    """The learner's data memory for an Atari game: DQN's replay budget, or PQN's rollout (no
+    replay: ``buffer_gb`` does not apply). The profile validator counts this, the trainer
+    allocates it."""
+    if algo == "pqn":
+        steps = rollout_steps or pqn_rollout_steps(num_envs, batch_size)
+        return steps * num_envs * PQN_SAMPLE_BYTES
+    return replay_budget_bytes(buffer_gb)
 
 
 # ---------------------------------------------------------------------------------- exit codes

@@ -72,6 +72,7 @@ class Model:
     kind: str  # best (a best.pt export) | checkpoint
     game: str
     hidden: int
+    algo: str  # pqn networks carry LayerNorms
     episode: int | None  # training episodes behind these weights
     avg100: float | None  # training avg100 behind these weights
     weights: dict[str, Any]
@@ -149,6 +150,7 @@ def load_model(path: Path) -> Model:
         kind=kind,
         game=str(config["game"]),
         hidden=int(config.get("hidden", 256)),
+        algo=str(config.get("algo", "dqn")),
         episode=None if episode is None else int(episode),
         avg100=None if avg100 is None else float(avg100),
         weights=weights,
@@ -198,7 +200,7 @@ def build_network(model: Model, envs: Any, device: Any) -> Any:
     from trainer.envs import env_spec
     from trainer.network import make_qnetwork
 
-    q = make_qnetwork(env_spec(envs), model.hidden)
+    q = make_qnetwork(env_spec(envs), model.hidden, layer_norm=model.algo == "pqn")
     try:
         q.load_state_dict(model.weights)
     except (RuntimeError, KeyError, TypeError) as exc:

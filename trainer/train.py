@@ -4,48 +4,23 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer import checkpoint
-from trainer.args import Args, resume_config
-from trainer.contract import ExitCode
+from trainer import runtime
+from trainer.args import Args
 from trainer.envs import EpisodeTracker, env_spec, make_envs
 from trainer.network import make_qnetwork
-from trainer.progress import EpisodeStats
 from trainer.replay import Replay, capacity_for
 from trainer.rundir import RunFiles
+from trainer.runtime import Clock, SystemClock, epsilon, resolve_device
 from trainer.signals import StopFlag
 
+__all__ = ["Clock", "SystemClock", "act", "epsilon", "learn", "main", "resolve_device"]
+
 log = logging.getLogger("trainer")
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> float:
-        return time.time()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def epsilon(args: Args, env_steps: int) -> float:
-    frac = min(1.0, env_steps / args.eps_decay_steps)
-    return args.eps_start + frac * (args.eps_end - args.eps_start)
 
 
 def act(
@@ -103,104 +78,58 @@ def main(
     # The CLI installs the flag before the heavy imports; a direct caller gets one here.
     stop = stop or StopFlag().install()
     with RunFiles.locked(args.run_dir) as files:
-        return train(args, files, clock or SystemClock(), stop, given)
+        begin = runtime.start(args, files, given)
+        if begin.args.algo == "pqn":
+            from trainer import pqn
+
+            return pqn.train(begin, files, clock or SystemClock(), stop)
+        return train(begin, files, clock or SystemClock(), stop)
 
 
-def train(
-    args: Args, files: RunFiles, clock: Clock, stop: StopFlag, given: frozenset[str] | None
-) -> int:
-    try:
-        loaded = checkpoint.load_newest(files.ckpt_dir)
-    except checkpoint.NoValidCheckpoint as exc:
-        if not args.allow_fresh:
-            raise
-        log.warning("--allow-fresh: starting from scratch; %s", exc)
-        loaded = None
-    if loaded is not None:
-        saved = loaded[0].get("config")
-        args = resume_config(args, saved if isinstance(saved, dict) else {}, given, args.run_dir)
+def train(begin: runtime.Start, files: RunFiles, clock: Clock, stop: StopFlag) -> int:
+    """Double DQN, top to bottom: envs, networks, resume, then one loop of act / learn / record."""
+    args = begin.args
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    stats = EpisodeStats()
     env_steps = updates = last_sync = 0
     credit = 0.0
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
 
     probe = make_envs(args, num_envs=1)
     spec = env_spec(probe)
     probe.close()
     capacity = capacity_for(args, spec, args.num_envs)
+    run = runtime.Run(begin, files, clock, spec, device)  # seeds torch before the networks
+    rng = run.rng
     q = make_qnetwork(spec, args.hidden).to(device)
     target = copy.deepcopy(q)
     opt = torch.optim.Adam(q.parameters(), lr=args.lr, eps=args.adam_eps)
-    best_weights: dict[str, torch.Tensor] | None = None
-    last_ckpt_time: float | None = None
-    if loaded is not None:
-        state, path = loaded
-        try:
-            last_ckpt_time = state["time"]
-            q.load_state_dict(state["q"])
-            target.load_state_dict(state["target"])
-            opt.load_state_dict(state["optim"])
-            c = state["counters"]
-            env_steps, updates, last_sync = c["env_steps"], c["updates"], c["last_sync"]
-            stats.load(state["stats"])
-            rng.bit_generator.state = state["rng"]["numpy"]
-            torch.set_rng_state(state["rng"]["torch"])
-            best_weights = state.get("best_weights")
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            # Intact but not a state this trainer can continue from: never a silent fresh start.
-            raise checkpoint.unloadable(path, exc) from exc
+
+    def load(state: dict) -> dict[str, int]:
+        q.load_state_dict(state["q"])
+        target.load_state_dict(state["target"])
+        opt.load_state_dict(state["optim"])
+        c = state["counters"]
+        return {"env_steps": c["env_steps"], "updates": c["updates"], "last_sync": c["last_sync"]}
+
+    resumed = run.restore(load)
+    if resumed is not None:
+        env_steps, updates, last_sync = (resumed[k] for k in ("env_steps", "updates", "last_sync"))
         for group in opt.param_groups:  # the command line may change the rate on resume
             group["lr"] = args.lr
-        log.info(
-            "resumed from %s: episodes=%d env_steps=%d updates=%d epsilon=%.4f",
-            path.name,
-            stats.episodes,
-            env_steps,
-            updates,
-            epsilon(args, env_steps),
-        )
-    # Fresh env seeds on every resume, so a restarted run does not replay the same episodes.
-    envs = make_envs(args, seed=(args.seed * 1_000_003 + env_steps) % 2**31)
+    envs = make_envs(args, seed=run.env_seed(env_steps))
     replay = Replay(spec, args.num_envs, capacity, args.n_step, args.gamma)
     tracker = EpisodeTracker(args.num_envs)
     n = args.num_envs
-    best_needs = min(100, args.episodes)
-    # best.pt is exported after the checkpoint rename: a kill in between, or a failed export,
-    # leaves it older than the restored best_weights. Re-export once on the first checkpoint.
-    best_written = False
-    ckpt_failed = False
     learn_t0: float | None = None
     learn_steps0 = env_steps
     learn_t1: float | None = None  # the loop's end: the final checkpoint is not throughput
 
-    def progress(status: str) -> None:
-        try:
-            files.write_progress(
-                {
-                    "game": args.game,
-                    "status": status,
-                    "episodes": stats.episodes,
-                    "target_episodes": args.episodes,
-                    "env_steps": env_steps,
-                    "updates": updates,
-                    "episodes_per_hour": round(stats.episodes_per_hour(), 2),
-                    "best_return": stats.best,
-                    "avg100": stats.avg100,
-                    "epsilon": epsilon(args, env_steps),
-                    "last_checkpoint_time": last_ckpt_time,
-                    "num_envs": n,
-                    "batch_size": args.batch_size,
-                    "device": str(device),
-                    "replay_size": len(replay),
-                    "learning_env_steps_per_sec": learn_rate(),
-                }
-            )
-        except OSError as exc:
-            log.error("could not write %s: %s", files.progress_path, exc)
+    def counters() -> dict[str, int]:
+        return {"env_steps": env_steps, "updates": updates, "last_sync": last_sync}
+
+    def nets() -> dict[str, object]:
+        return {"q": q.state_dict(), "target": target.state_dict(), "optim": opt.state_dict()}
 
     def learn_rate() -> float | None:
         # Throughput while learning, in this process: what the bench reports.
@@ -209,61 +138,13 @@ def train(
         dt = (learn_t1 or clock.monotonic()) - learn_t0
         return round((env_steps - learn_steps0) / dt, 1) if dt > 0 else None
 
-    def save_checkpoint() -> bool:
-        nonlocal last_ckpt_time, best_written
-        state = {
-            "version": 1,
-            "config": args.to_dict(),
-            "q": q.state_dict(),
-            "target": target.state_dict(),
-            "optim": opt.state_dict(),
-            "counters": {"env_steps": env_steps, "updates": updates, "last_sync": last_sync},
-            "stats": stats.state(),
-            "epsilon": epsilon(args, env_steps),
-            "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-            "best_weights": best_weights,
-            "time": clock.now(),
-        }
-        t0 = clock.monotonic()
-        try:
-            path = checkpoint.save(files.ckpt_dir, state, args.keep_checkpoints)
-        except OSError as exc:
-            # Disk full and friends: the previous checkpoint is intact; keep training.
-            log.error("checkpoint failed, previous checkpoint kept: %s", exc)
-            return False
-        last_ckpt_time = clock.now()
-        log.info("checkpoint %s in %.2f s", path.name, clock.monotonic() - t0)
-        if best_weights is not None and not best_written:
-            try:
-                export_best(best_weights, stats.best)
-                best_written = True
-            except OSError as exc:  # the checkpoint holds best_weights: retried next time
-                log.error("could not export %s: %s", files.best_path, exc)
-        return True
-
-    def export_best(weights: dict[str, torch.Tensor], score: float | None) -> None:
-        checkpoint.write_atomic(
-            files.best_path,
-            checkpoint.encode(
-                {
-                    "q": weights,
-                    "avg100": score,
-                    "episodes": stats.episodes,
-                    "env_id": args.env_id,
-                    "obs_shape": spec.obs_shape,
-                    "num_actions": spec.num_actions,
-                    "config": args.to_dict(),
-                }
-            ),
-        )
-
-    progress("starting")
+    run.progress("starting", counters(), 0, None)
     obs, info = envs.reset()
     replay.start(np.arange(n), obs)
     pseudo = np.zeros(n, dtype=bool)
     learn_min = max(args.learning_starts, args.batch_size)
     learning = False
-    t_start = clock.monotonic()
+    t_start = run.t_start = clock.monotonic()
     next_progress = t_start
     next_ckpt = t_start + args.checkpoint_every
     next_log = t_start + 30.0
@@ -308,65 +189,21 @@ def train(
         if env_steps - last_sync >= args.target_update:
             target.load_state_dict(q.state_dict())
             last_sync = env_steps
-        now = clock.now()
-        for ret, length in finished:
-            if stats.add(ret, now, best_needs):
-                best_weights = {k: v.detach().cpu().clone() for k, v in q.state_dict().items()}
-                best_written = False
-            files.append_episode(
-                {
-                    "t": now,
-                    "episode": stats.episodes,
-                    "return": ret,
-                    "length": length * (4 if args.is_atari else 1),
-                    "env_steps": env_steps,
-                }
-            )
-        if stats.episodes >= args.episodes:
-            done = True
-        if args.stop_avg100 is not None and len(stats.window) >= best_needs:
-            done = done or (stats.avg100 or 0.0) >= args.stop_avg100
-        if args.max_env_steps is not None and env_steps >= args.max_env_steps:
-            log.info("--max-env-steps %d reached", args.max_env_steps)
-            break
-        if done or stop.set:
+        run.episodes(finished, env_steps, q)
+        done = run.is_done()
+        if done or stop.set or run.is_past_limit(env_steps):
             break
         mono = clock.monotonic()
-        if args.max_seconds is not None and mono - t_start >= args.max_seconds:
-            log.info("--max-seconds %s reached", args.max_seconds)
-            break
         if mono >= next_ckpt:
-            ckpt_failed = not save_checkpoint()
+            run.periodic_save(nets(), counters())
             next_ckpt = clock.monotonic() + args.checkpoint_every
         if mono >= next_progress:
-            progress("running")
+            run.progress("running", counters(), len(replay), learn_rate())
             next_progress = mono + args.progress_every
         if mono >= next_log:
-            sps = (env_steps - steps_at_start) / max(1e-9, mono - t_start)
-            log.info(
-                "env_steps=%d updates=%d episodes=%d avg100=%s eps=%.3f steps/s=%.0f",
-                env_steps,
-                updates,
-                stats.episodes,
-                None if stats.avg100 is None else round(stats.avg100, 2),
-                eps,
-                sps,
-            )
+            run.log_rate(counters(), steps_at_start, eps)
             next_log = mono + 30.0
 
     learn_t1 = clock.monotonic()
-    if stop.set:
-        log.info("signal %s: checkpointing and stopping", stop.signals[0])
     envs.close()
-    ok = save_checkpoint()
-    if done:
-        # The target is reached: make sure a best export exists even with a short run.
-        try:
-            export_best(best_weights or q.state_dict(), stats.best)
-        except OSError as exc:
-            log.error("could not export %s: %s", files.best_path, exc)
-            ok = False
-    progress("done" if done else "stopped")
-    if ckpt_failed and not ok:
-        log.error("the final checkpoint could not be written")
-    return ExitCode.OK if ok else ExitCode.FAILURE
+    return run.finish(stop, done, q, nets(), counters(), len(replay), learn_rate())

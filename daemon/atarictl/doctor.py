@@ -126,8 +126,9 @@ def _envpool(ctx: _Ctx) -> Check:
 def _largest_level(ctx: _Ctx) -> tuple[str, float] | None:
     if ctx.profile is None:
         return None
-    lv = max(ctx.profile.levels, key=lambda lv: lv.memory_gib())
-    return lv.name, lv.memory_gib()
+    p = ctx.profile
+    lv = max(p.levels, key=lambda lv: lv.memory_gib(p.level_algo(lv)))
+    return lv.name, lv.memory_gib(p.level_algo(lv))
 
 
 def _memory(ctx: _Ctx) -> Check:
@@ -146,6 +147,9 @@ def _memory(ctx: _Ctx) -> Check:
     return Check("ram", OK, detail)
 
 
+CHECKPOINT_GIB = 0.05
+
+
 def _existing_parent(path: Path) -> Path:
     p = path.absolute()
     while not p.exists() and p != p.parent:
@@ -158,11 +162,9 @@ def _disk(ctx: _Ctx) -> Check:
     free = shutil.disk_usage(where).free / 2**30
     need = 1.0  # logs, database, backups staging
     if ctx.profile is not None:
-        from daemon.config import DEFAULT_BUFFER_GIB
-
-        buf = max(lv.buffer_gb or DEFAULT_BUFFER_GIB for lv in ctx.profile.levels)
-        # Every game keeps a run dir with a few checkpoints, each holding its replay buffer.
-        need += len(ctx.profile.games) * CHECKPOINTS_KEPT * buf
+        # A checkpoint holds networks, optimizer state and counters, not the replay buffer:
+        # Nature CNN + target + Adam moments is about 27 MB.
+        need += len(ctx.profile.games) * CHECKPOINTS_KEPT * CHECKPOINT_GIB
     detail = f"{free:.1f} GiB free at {where}; about {need:.1f} GiB wanted for checkpoints"
     if free < need / 4:
         return Check("disk", FAIL, detail, f"free space on {where} or use another --state-dir")

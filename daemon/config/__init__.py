@@ -13,7 +13,6 @@ from daemon.config.errors import ProfileError
 from daemon.config.games import envpool_task, envpool_task_ids
 from daemon.config.loader import load_profile
 from daemon.config.schema import (
-    DEFAULT_BUFFER_GIB,
     DEFAULT_PROFILE,
     DEFAULT_PROFILE_DIR,
     ENV_MIB,
@@ -33,7 +32,6 @@ from daemon.config.schema import (
 from daemon.config.yaml_walk import parse_duration
 
 __all__ = [
-    "DEFAULT_BUFFER_GIB",
     "DEFAULT_PROFILE",
     "DEFAULT_PROFILE_DIR",
     "ENV_MIB",

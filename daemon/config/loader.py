@@ -19,6 +19,7 @@ from daemon.config.yaml_walk import (
     scalar,
     section_from,
 )
+from trainer.contract import ALGOS
 
 # Level names appear in `atarictl level pin NAME`, in status lines and in dotted field names.
 LEVEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -229,15 +230,35 @@ def _cross_check(
         import psutil
 
         host_memory_bytes = int(psutil.virtual_memory().total)
+    _check_algos(ctx, p, root)
     host_gib = host_memory_bytes / 1024**3
+    algos = {p.level_algo(lv) for lv in p.levels}
     for lv in p.levels:
-        need = lv.memory_gib()
+        algo = max(sorted(algos), key=lv.memory_gib)
+        need = lv.memory_gib(algo)
+        data = "rollout" if algo == "pqn" else "buffer_gb"
         if need > host_gib:
             raise ctx.err(
                 level_nodes[lv.name],
                 f"levels.{lv.name}",
-                f"needs about {need:.1f} GiB RAM ({lv.games} games x (buffer_gb + "
+                f"needs about {need:.1f} GiB RAM ({lv.games} games x ({algo} {data} + "
                 f"{lv.num_envs} envs + {TRAINER_BASE_GIB:g} GiB base)) but the host has "
                 f"{host_gib:.1f} GiB",
                 "lower games, num_envs or buffer_gb",
             )
+
+
+def _check_algos(ctx: Ctx, p: Profile, root: yaml.Node) -> None:
+    """Each algo is one of the trainer's. Levels may differ: a level's algo is what a game's run
+    starts with there; a run keeps its algo across level changes (its checkpoints are that
+    algo's), so the memory estimate of every level counts the hungriest algo of the profile."""
+    if p.algo not in ALGOS:
+        raise ctx.err(node_of(root, "algo"), "algo", f"unknown algo {p.algo!r}",
+                      f"use one of: {', '.join(ALGOS)}")  # fmt: skip
+    for lv in p.levels:
+        if lv.algo is None:
+            continue
+        where = node_of(root, "levels", lv.name, "algo")
+        if lv.algo not in ALGOS:
+            raise ctx.err(where, f"levels.{lv.name}.algo", f"unknown algo {lv.algo!r}",
+                          f"use one of: {', '.join(ALGOS)}")  # fmt: skip

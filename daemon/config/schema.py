@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer import contract
+
 DEFAULT_PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DEFAULT_PROFILE = DEFAULT_PROFILE_DIR / "cpu-tiny.yaml"
 
@@ -20,7 +22,6 @@ DEFAULT_PROFILE = DEFAULT_PROFILE_DIR / "cpu-tiny.yaml"
 # frame stack. Deliberately generous: the point is to refuse a level that cannot fit at all.
 TRAINER_BASE_GIB = 1.5
 ENV_MIB = 8.0
-DEFAULT_BUFFER_GIB = 1.0
 
 # The autoscaler's own state beside the ladder rungs (daemon/autoscaler/states.py imports it). A
 # level of this name could not be told apart from the state in `level pin`, status or history, and
@@ -59,7 +60,7 @@ class CrashStorm:
 
 @dataclass(frozen=True)
 class AutoscalerPolicy:
-    """What H3's autoscaler consumes; durations are float seconds."""
+    """What the autoscaler consumes; durations are float seconds."""
 
     ladder: tuple[str, ...] = _f("strlist", ("light", "medium"))
     fallback_level: str = _f("str", "light")
@@ -117,10 +118,14 @@ class Level:
     num_envs: int = _f("int", lo=1)
     batch_size: int = _f("int", lo=1)
     buffer_gb: float | None = _f("float", None, positive=True, optional=True)
+    algo: str | None = _f("str", None, optional=True)
     trainer_args: tuple[str, ...] = _f("strlist", ())
 
-    def memory_gib(self) -> float:
-        per_game = (self.buffer_gb or DEFAULT_BUFFER_GIB) + self.num_envs * ENV_MIB / 1024
+    def memory_gib(self, algo: str) -> float:
+        """RAM for this level's trainers: the learner's data (DQN's replay budget, the trainer's
+        default when buffer_gb is unset; PQN's rollout), envs and the trainer's base."""
+        data = contract.learner_memory_bytes(algo, self.num_envs, self.batch_size, self.buffer_gb)
+        per_game = data / 1024**3 + self.num_envs * ENV_MIB / 1024
         return self.games * (per_game + TRAINER_BASE_GIB)
 
 
@@ -150,11 +155,16 @@ class Profile:
     )
     gpu_cost_per_hour: float | None = _f("float", None, lo=0, optional=True)
     trainer_args: tuple[str, ...] = _f("strlist", ())
+    algo: str = _f("str", "dqn")
     checkpoint_every: float = _f("duration", 90.0, positive=True)
     device: str = _f("str", "auto")
     seed: int = _f("int", 0, lo=0)
     game_logs: GameLogs = field(default_factory=GameLogs, metadata=_sec(GameLogs))
     paths: Paths = field(default_factory=Paths, metadata=_sec(Paths))
+
+    def level_algo(self, level: Level) -> str:
+        """The level's algo, else the profile's (the loader checks all levels agree)."""
+        return level.algo or self.algo
 
     def level(self, name: str) -> Level:
         for lv in self.levels:

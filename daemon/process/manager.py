@@ -46,6 +46,9 @@ def trainer_argv(profile: Profile, level: Level, game: Game, run_dir: Path) -> l
     another budget than the one the profile validator counted."""
     values = {
         "game": game.name, "episodes": game.target,
+        # A run keeps the algo it started with (its network and checkpoints are that algo's):
+        # the level's algo is passed only for a fresh run; the trainer restores the run's own.
+        "algo": None if contract.has_checkpoint(run_dir) else profile.level_algo(level),
         "num_envs": level.num_envs, "batch_size": level.batch_size,
         "run_dir": run_dir, "device": profile.device,
         "seed": profile.seed + game.index, "checkpoint_every": profile.checkpoint_every,

@@ -193,3 +193,46 @@ def test_hostile_text_is_one_line(
     where = f"{path}:{line}" if line is not None else f"{path}"
     assert msg.startswith(f"{where}: {dotted}: "), msg
     assert words in msg, msg
+
+
+def algo_profile(levels: list[str]) -> dict[str, Any]:
+    doc = ladder_profile(levels)
+    doc["autoscaler"]["ladder"] = levels
+    return doc
+
+
+def test_an_unknown_algo_is_refused_at_its_line(tmp_path: Path) -> None:
+    path, line = write(tmp_path, {**algo_profile(["light"]), "algo": "@@"}, "ppo")
+    assert "unknown algo 'ppo'" in refused(path, line, "algo")
+    doc = algo_profile(["light"])
+    doc["levels"]["light"]["algo"] = "@@"
+    path, line = write(tmp_path, doc, "sarsa")
+    assert "use one of: dqn, pqn" in refused(path, line, "levels.light.algo")
+
+
+def test_levels_may_differ_and_each_level_counts_the_hungriest_algo(tmp_path: Path) -> None:
+    # light runs pqn, medium dqn: a game started at medium keeps its DQN run (and replay) when
+    # it moves to light, so light's estimate counts DQN's 7 GB too.
+    doc = algo_profile(["light", "medium"])
+    doc["levels"]["light"] = {"games": 2, "num_envs": 8, "batch_size": 32, "algo": "pqn"}
+    doc["levels"]["medium"] = {"games": 1, "num_envs": 8, "batch_size": 32, "algo": "@@"}
+    path, _ = write(tmp_path, doc, "dqn")
+    with pytest.raises(ProfileError, match=r":\d+: levels\.light: needs about 16\.\d GiB .*dqn"):
+        load_profile(path, host_memory_bytes=16 * 1024**3)
+    path.write_text(path.read_text().replace("algo: dqn", "algo: pqn"))
+    profile = load_profile(path, host_memory_bytes=16 * 1024**3)
+    assert [profile.level_algo(lv) for lv in profile.levels] == ["pqn", "pqn"]
+
+
+def test_the_algo_chooses_the_memory_estimate(tmp_path: Path) -> None:
+    # 2 games x 7 GB of replay (buffer_gb null = the trainer's default, not 1 GiB) + base: a
+    # 16 GiB host cannot run it with dqn; with pqn (no replay, a 4 MB rollout) it fits.
+    doc = algo_profile(["light"])
+    doc["levels"]["light"] = {"games": 2, "num_envs": 8, "batch_size": 32, "algo": "@@"}
+    path, _ = write(tmp_path, doc, "dqn")
+    with pytest.raises(ProfileError, match=r"needs about 16\.\d GiB RAM .*dqn buffer_gb"):
+        load_profile(path, host_memory_bytes=16 * 1024**3)
+    path.write_text(path.read_text().replace("algo: dqn", "algo: pqn"))
+    profile = load_profile(path, host_memory_bytes=16 * 1024**3)
+    assert profile.level_algo(profile.level("light")) == "pqn"
+    assert profile.level("light").memory_gib("pqn") < 3.2
