@@ -168,6 +168,22 @@ def test_reload_rejects_an_invalid_profile_and_keeps_running(daemon: Daemon) -> 
     assert out.returncode == 0 and out.stdout.startswith("reloaded "), out
 
 
+def test_sighup_reloads_the_profile(daemon: Daemon) -> None:
+    # systemd's ExecReload (and a shell's `kill -HUP`) is the same reload as `atarictl reload`.
+    assert daemon.proc is not None
+    good = daemon.profile.read_text()
+    assert "  Pong: 5\n" in good
+    try:
+        daemon.profile.write_text(good.replace("  Pong: 5\n", "  Pong: 7\n"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("Pong's target 7 after SIGHUP", lambda: daemon.game("Pong")["target"] == 7)
+    finally:
+        daemon.profile.write_text(good)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("Pong's target 5 again", lambda: daemon.game("Pong")["target"] == 5)
+    assert daemon.proc.poll() is None  # a reload, not a stop
+
+
 def _ctrl_c_delivered() -> None:
     # As on a terminal. A runner started in the background (`cmd &` in a script, as CI may do)
     # passes SIGINT down as ignored, and Python then never turns it into KeyboardInterrupt.

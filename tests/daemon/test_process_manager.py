@@ -257,3 +257,19 @@ def test_level_change_drain_starts_no_backoff_retry_or_pending_restart(env) -> N
     for name in mgr.games:
         argv = fake.argv[pid(mgr, name)]
         assert argv[argv.index("--num-envs") + 1] == "8"
+
+
+def test_the_health_job_rotates_a_game_log_past_max_bytes(env) -> None:
+    mgr, _fake, _clock, _ = env
+    mgr.tick()  # Pong and Breakout start: their logs are opened
+    limits = mgr.profile.game_logs
+    log_path = mgr.log_path("Pong")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"x" * (limits.max_bytes + 1))
+    small = mgr.log_path("Breakout")
+    small.write_bytes(b"y" * 10)
+    mgr.health()
+    rotated = log_path.with_name(log_path.name + ".1")
+    assert rotated.stat().st_size == limits.max_bytes + 1 and log_path.stat().st_size == 0
+    assert small.read_bytes() == b"y" * 10  # under the limit: left alone
+    assert not small.with_name(small.name + ".1").exists()

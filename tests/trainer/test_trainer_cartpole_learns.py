@@ -10,6 +10,7 @@ times one run.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -68,4 +69,29 @@ def reaches_475(flags: list[str], budget: int, tmp_path: Path) -> None:
               f"episodes={p['episodes']} wall={took[seed]:.0f}s")  # fmt: skip
         assert p["status"] == "done", f"seed {seed}: budget spent, avg100 {p['avg100']}"
         assert p["avg100"] >= 475 and p["env_steps"] <= budget
-        assert (tmp_path / f"seed{seed}" / "best.pt").exists()
+        # Not only the trainer's own word: the avg100 of the episode log, and the exported
+        # best model playing greedily.
+        log = (tmp_path / f"seed{seed}" / "episodes.jsonl").read_text()
+        episodes = [json.loads(ln) for ln in log.splitlines()]
+        last = [e["return"] for e in episodes[-100:]]
+        assert len(last) == 100 and sum(last) / 100 >= 475
+        # The greedy bar is CartPole-v0's "solved" (195), not 475: best.pt holds the weights of
+        # the moment avg100 peaked, and the 100 episodes behind that average were played by
+        # earlier weights (DQN at 32x512, seed 1: 327.75 greedy on these seeds).
+        greedy = greedy_scores(tmp_path / f"seed{seed}" / "best.pt")
+        print(f"seed {seed}: best.pt greedy mean of 4 episodes {greedy:.1f}")
+        assert greedy >= 195
+
+
+def greedy_scores(best: Path) -> float:
+    """Mean return of 4 greedy episodes of the exported best model (a fresh seed)."""
+    import numpy as np
+    import torch
+
+    from trainer.evaluate import build_network, load_model, make_eval_envs, play
+
+    model = load_model(best)
+    envs = make_eval_envs("CartPole-v1", 4, seed=12345, threads=1)
+    q = build_network(model, envs, torch.device("cpu"))
+    scores = [r["score"] for r in play(q, envs, 4, 0.0, np.random.default_rng(0), "cpu")]
+    return sum(scores) / len(scores)
