@@ -1,15 +1,19 @@
 """structlog setup for the daemon.
 
-On a terminal: readable colored lines. Otherwise (systemd/journald, pipes): one line per event,
+On a terminal: readable colored lines. Under journald: one line per event,
 ``<N>event key=value ...`` where ``<N>`` is the syslog priority that journald maps
-(``journalctl -p warning`` works) and the fields stay greppable. Multi-line values (tracebacks)
-are escaped so one event is always one journal entry.
+(``journalctl -p warning`` works) and the fields stay greppable; journald stamps the time itself.
+Anywhere else (a nohup log, a file, a pipe) the same line starts with a UTC timestamp, because
+nothing else will record when it happened. Multi-line values (tracebacks) are escaped so one
+event is always one line.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -45,9 +49,27 @@ def journal_renderer(_logger: Any, method: str, event: dict[str, Any]) -> str:
     level = str(event.pop("level", method))
     prio = PRIORITY.get(level, 6)
     message = _one_line(str(event.pop("event", "")))
-    event.pop("timestamp", None)  # journald stamps every line itself
+    stamp = event.pop("timestamp", None)  # set only off journald, which stamps lines itself
     fields = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
-    return f"<{prio}>{message}" + (f" {fields}" if fields else "")
+    line = f"<{prio}>{message}" + (f" {fields}" if fields else "")
+    return f"{stamp} {line}" if stamp else line
+
+
+def is_journal_stream(stream: TextIO) -> bool:
+    """True when ``stream`` is the journald connection systemd handed us.
+
+    systemd sets ``JOURNAL_STREAM=<dev>:<inode>`` for a service whose stdout/stderr go to the
+    journal; a child that redirected its output (or a shell started from the service) inherits
+    the variable with another file behind it, so the variable alone is not proof: compare the
+    stream's own device and inode, as sd_journal_stream_fd(3) advises.
+    """
+    raw = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in raw.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 class _ToStructlog(logging.Handler):
@@ -65,11 +87,17 @@ class _ToStructlog(logging.Handler):
 
 
 def configure_logging(
-    stream: TextIO | None = None, *, tty: bool | None = None, level: str = "info"
+    stream: TextIO | None = None,
+    *,
+    tty: bool | None = None,
+    journal: bool | None = None,
+    level: str = "info",
 ) -> None:
     stream = stream if stream is not None else sys.stdout
     if tty is None:
         tty = stream.isatty()
+    if journal is None:
+        journal = is_journal_stream(stream)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -80,6 +108,8 @@ def configure_logging(
             structlog.dev.ConsoleRenderer(colors=True),
         ]
     else:
+        if not journal:  # ISO 8601 UTC with milliseconds: sorts as text, no timezone guessing
+            processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
         processors += [structlog.processors.format_exc_info, journal_renderer]
     structlog.configure(
         processors=processors,

@@ -8,6 +8,7 @@ import contextlib
 import grp
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +64,9 @@ def test_status_through_the_socket_and_the_process(daemon: Daemon) -> None:
     assert lines[header + 2].split()[:3] == ["Pong", "QUEUED", "-"]
     # Pong has no rate yet, so an honest total ETA (and cost) is unknown.
     assert lines[-1] == "total ETA - · projected cost -"
+    # Its stdout is a plain file, not journald: every line says when it was written.
+    logged = [x for x in daemon.log.read_text().splitlines() if x.strip()]
+    assert logged and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", x) for x in logged)
 
 
 def test_status_json_and_game_filter(daemon: Daemon) -> None:

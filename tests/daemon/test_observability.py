@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from daemon.telemetry import GpuProbe, ProcessProbe, gpu_summary, host_sample
 
 def test_journal_lines_carry_syslog_priorities_and_fields() -> None:
     buf = io.StringIO()
-    configure_logging(buf, tty=False, level="debug")
+    configure_logging(buf, tty=False, journal=True, level="debug")
     log = structlog.get_logger("t")
     log.error("boom", game="Pong")
     log.warning("careful", reason="two words")
@@ -41,7 +45,7 @@ def test_a_log_event_is_one_journal_line_whatever_it_holds() -> None:
     # journald ends a stdout line at a newline and also at a NUL; a field json cannot encode (a
     # tuple key) must not raise out of the log call into the main loop.
     buf = io.StringIO()
-    configure_logging(buf, tty=False)
+    configure_logging(buf, tty=False, journal=True)
     log = structlog.get_logger("t")
     log.warning("a\nb\x00c\rd", procs={(1, 2): 3}, v=float("nan"), raw="x\x00y\nz")
     out = buf.getvalue()
@@ -57,6 +61,39 @@ def test_terminal_lines_are_readable_without_prefix() -> None:
     out = buf.getvalue()
     assert "hello" in out and "Pong" in out and not out.startswith("<")
     configure_logging(io.StringIO(), tty=False)
+
+
+_STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z <6>hello game=Pong$")
+_LOG_ONE = (
+    "import structlog; from daemon.logging import configure_logging; configure_logging(); "
+    "structlog.get_logger('t').info('hello', game='Pong')"
+)
+
+
+def _log_to_file(path: Path, journal_stream: str | None) -> str:
+    """A real process whose stdout is a file, with JOURNAL_STREAM as systemd would set it."""
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if journal_stream is not None:
+        env["JOURNAL_STREAM"] = journal_stream
+    with open(path, "w") as out:
+        subprocess.run([sys.executable, "-c", _LOG_ONE], stdout=out, env=env, check=True)
+    return path.read_text().strip()
+
+
+def test_lines_off_journald_carry_a_utc_timestamp(tmp_path: Path) -> None:
+    # A nohup log or a plain file: nothing else records when a line was written.
+    assert _STAMPED.match(_log_to_file(tmp_path / "a.log", None))
+    # JOURNAL_STREAM inherited from a service but naming another file: still not the journal.
+    assert _STAMPED.match(_log_to_file(tmp_path / "b.log", "1:2"))
+
+
+def test_lines_on_the_journal_stream_have_no_timestamp(tmp_path: Path) -> None:
+    # systemd names the stream by device:inode; when it is the very file we write to, journald
+    # stamps the lines itself and must see the <N> prefix first.
+    target = tmp_path / "journal.log"
+    target.touch()
+    st = target.stat()
+    assert _log_to_file(target, f"{st.st_dev}:{st.st_ino}") == "<6>hello game=Pong"
 
 
 class FakeNvml:

@@ -224,7 +224,7 @@ def test_shutdown_waits_for_every_child_and_marks_a_clean_stop(sup, tmp_path: Pa
 def test_a_failing_event_is_logged_and_the_loop_goes_on(sup) -> None:
     s, _, _ = sup
     buf = io.StringIO()
-    configure_logging(buf, tty=False)
+    configure_logging(buf, tty=False, journal=True)
     s.post(object())
     s.post(Check("nonexistent"))
     s.loop_once()
@@ -235,7 +235,7 @@ def test_a_failing_event_is_logged_and_the_loop_goes_on(sup) -> None:
 def test_a_failing_loop_pass_does_not_kill_the_daemon(sup) -> None:
     s, fake, _ = sup
     buf = io.StringIO()
-    configure_logging(buf, tty=False)
+    configure_logging(buf, tty=False, journal=True)
     real_tick, calls = s.manager.tick, []
 
     def flaky_tick() -> None:
