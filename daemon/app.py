@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,33 @@ def install_signal_handlers(sup: Supervisor) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: sup.post(Check("child")))
 
 
+def keep_profile_copy(dirs: Dirs, text: bytes | None) -> None:
+    """Write the profile in effect into the state dir, atomically, so a backup (or a person
+    reading the state dir months later) knows what produced this state. The copy is of the bytes
+    read just after the profile was accepted; a failure costs only the copy, never the start."""
+    if text is None:
+        return
+    tmp = dirs.profile_copy.with_name(dirs.profile_copy.name + ".tmp")
+    try:
+        tmp.write_bytes(text)
+        os.replace(tmp, dirs.profile_copy)
+    except OSError as e:
+        log.warning("could not keep a copy of the profile in the state dir",
+                    path=str(dirs.profile_copy), error=str(e))  # fmt: skip
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _copy_on_commit(dirs: Dirs, path: Path) -> Callable[[], None]:
+    text = _read(path)  # now, as accepted: the file may change before the commit
+    return lambda: keep_profile_copy(dirs, text)
+
+
 def run_daemon(
     profile_path: Path,
     state: str | None = None,
@@ -115,6 +143,7 @@ def run_daemon(
         log.error("cannot start", error=str(e))
         return EXIT_FAILURE
     log.info("starting", profile=profile.path, state_dir=str(dirs.state_dir), pid=os.getpid())
+    keep_profile_copy(dirs, _read(profile_path))
     server = checks = None
     try:
         source, boot_id = make_level_source(profile, store, clock)
@@ -134,6 +163,7 @@ def run_daemon(
         checks = Checks(profile.checks, sup.post)
         sup.next_run = checks.next_run
         sup.on_reload.append(lambda p: checks.prepare_reschedule(p.checks))
+        sup.on_reload.append(lambda p: _copy_on_commit(dirs, Path(p.path)))
         try:
             server = start_control(sup, dirs, profile)
             checks.probes["control socket"] = server.is_alive

@@ -35,6 +35,8 @@ SOCKET_NAME = "atarictl.sock"
 DB_NAME = "atari.db"
 RUNS_NAME = "runs"
 LOCK_NAME = "daemon.lock"
+# A copy of the profile the daemon runs under, kept with the state it produced (backups take it).
+PROFILE_COPY_NAME = "profile-in-effect.yaml"
 
 SYSTEM_STATE = Path("/var/lib/atari-supervisor")
 SYSTEM_RUNTIME = Path("/run/atari-supervisor")
@@ -62,6 +64,10 @@ class Dirs:
     @property
     def lock_file(self) -> Path:
         return self.state_dir / LOCK_NAME
+
+    @property
+    def profile_copy(self) -> Path:
+        return self.state_dir / PROFILE_COPY_NAME
 
 
 class ProfileDirs(Protocol):

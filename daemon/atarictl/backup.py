@@ -5,7 +5,9 @@ Archive layout (all paths relative, no links):
     manifest.json                 format, version, created_at, files {path: {size, sha256}}
     atari.db                      consistent snapshot made with sqlite3's online backup API
     models.json                   the model registry export (see `atarictl models`)
+    profile-in-effect.yaml        the profile the daemon last ran under (the copy it keeps)
     runs/<Game>/progress.json, episodes.jsonl, best.pt, checkpoints/ckpt-*.pt
+    logs/<Game>.log*              only with --with-logs: the per-game trainer logs
 
 Backup copies every file into a staging dir first and checksums the staged copy, so the bytes
 listed in the manifest are exactly the bytes archived even while trainers keep writing. The
@@ -52,7 +54,7 @@ from daemon.atarictl.archive import (
     verify,
 )
 from daemon.atarictl.offline import models as registry_rows
-from daemon.paths import DB_NAME, Dirs
+from daemon.paths import DB_NAME, PROFILE_COPY_NAME, Dirs
 from trainer import contract
 
 log = structlog.get_logger("daemon.atarictl.backup")
@@ -231,6 +233,29 @@ def _stage_runs(runs_dir: Path, stage: Path) -> tuple[list[str], list[str]]:
     return games, warnings
 
 
+def _stage_flat(src_dir: Path, names: list[str] | None, dest: Path) -> tuple[int, list[str]]:
+    """Copy regular files of one directory (``names``, or every one) into ``dest``, without
+    following links: (files copied, warnings)."""
+    try:
+        dir_fd = os.open(src_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, []
+    copied, warnings = 0, []
+    try:
+        if names is None:
+            with os.scandir(dir_fd) as entries:
+                names = sorted(e.name for e in entries if not e.is_dir(follow_symlinks=False))
+        for name in names:
+            dest.mkdir(parents=True, exist_ok=True)
+            got = _copy_run_file(dir_fd, name, src_dir / name, dest / name)
+            if isinstance(got, str):
+                warnings.append(got)
+            copied += got is True
+    finally:
+        os.close(dir_fd)
+    return copied, warnings
+
+
 def _create_partial(partial: Path) -> IO[bytes]:
     """PATH.partial, created new (never through a planted symlink or over a file); mode 0600:
     the archive holds the whole state."""
@@ -250,7 +275,9 @@ def default_backup_path(now: float) -> Path:
     return Path(f"atari-backup-{stamp}.tar.gz")
 
 
-def backup(paths: Dirs, out: Path, now: float | None = None) -> dict[str, Any]:
+def backup(
+    paths: Dirs, out: Path, now: float | None = None, *, with_logs: bool = False
+) -> dict[str, Any]:
     now = time.time() if now is None else now
     if not paths.db.is_file():
         raise BackupError(
@@ -278,6 +305,13 @@ def backup(paths: Dirs, out: Path, now: float | None = None) -> dict[str, Any]:
         _snapshot_db(paths.db, stage / DB_NAME)
         (stage / "runs").mkdir()
         games, warnings = _stage_runs(paths.runs_dir, stage)
+        # The state alone does not say what produced it: take the profile the daemon ran under.
+        has_profile, warned = _stage_flat(paths.state_dir, [PROFILE_COPY_NAME], stage)
+        warnings += warned
+        logs = 0
+        if with_logs:
+            logs, warned = _stage_flat(paths.logs_dir, None, stage / "logs")
+            warnings += warned
         # From the staged copies: the export must not read a file the backup left out.
         registry = registry_rows(stage / DB_NAME, stage / "runs")
         for r in registry:
@@ -323,6 +357,8 @@ def backup(paths: Dirs, out: Path, now: float | None = None) -> dict[str, Any]:
         "bytes": total,
         "archive_bytes": out.stat().st_size,
         "games": games,
+        "profile": PROFILE_COPY_NAME if has_profile else None,
+        "logs": logs,
         "warnings": warnings,
     }
 

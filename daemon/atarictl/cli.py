@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", parents=[js], help="re-read the profile (kept if invalid)")
     b = sub.add_parser("backup", parents=[js], help="verified tar.gz of state, models and DB")
     b.add_argument("path", nargs="?", type=Path, metavar="PATH")
+    b.add_argument(
+        "--with-logs",
+        action="store_true",
+        help="also archive the per-game trainer logs (default: off)",
+    )
     r = sub.add_parser("restore", parents=[js], help="restore a backup (daemon must be stopped)")
     r.add_argument("path", type=Path, metavar="PATH")
     sh = sub.add_parser("shutdown", parents=[js], help="stop all games gracefully, then exit")
@@ -435,12 +440,16 @@ class Ctl:
         from daemon.atarictl.backup import backup, default_backup_path
 
         now = time.time()
-        result = backup(self.paths, self.args.path or default_backup_path(now), now)
+        result = backup(self.paths, self.args.path or default_backup_path(now), now,
+                        with_logs=self.args.with_logs)  # fmt: skip
         human = (
             f"backup {result['path']}: {result['files']} files, {len(result['games'])} games, "
             f"{result['bytes'] / 2**20:.1f} MiB -> {result['archive_bytes'] / 2**20:.1f} MiB, "
             "verified"
         )
+        human += "; the profile in effect" if result["profile"] else "; no profile copy"
+        if self.args.with_logs:
+            human += f"; {result['logs']} log files"
         for w in result["warnings"]:
             human += f"\nwarning: {w}"
         self.out(human, result)

@@ -181,6 +181,8 @@ def test_sighup_reloads_the_profile(daemon: Daemon) -> None:
         daemon.profile.write_text(good.replace("  Pong: 5\n", "  Pong: 7\n"))
         daemon.proc.send_signal(signal.SIGHUP)
         daemon.wait_for("Pong's target 7 after SIGHUP", lambda: daemon.game("Pong")["target"] == 7)
+        # The state dir keeps a copy of the profile in effect: the reloaded one.
+        assert "  Pong: 7\n" in (daemon.state / "profile-in-effect.yaml").read_text()
     finally:
         daemon.profile.write_text(good)
     daemon.proc.send_signal(signal.SIGHUP)
@@ -290,7 +292,7 @@ def test_socket_refuses_a_user_outside_its_group(daemon: Daemon) -> None:
 def test_backup_while_training_restores_and_resumes(daemon: Daemon, tmp_path: Path) -> None:
     daemon.wait_running()
     archive = tmp_path / "live.tar.gz"
-    out = daemon.ctl("backup", str(archive), "--json")
+    out = daemon.ctl("backup", str(archive), "--with-logs", "--json")
     assert out.returncode == 0, out.stderr
     assert daemon.game("CartPole-v1")["state"] == "RUNNING"  # training never paused
     import tarfile
@@ -298,6 +300,12 @@ def test_backup_while_training_restores_and_resumes(daemon: Daemon, tmp_path: Pa
     with tarfile.open(archive) as tar:
         f = tar.extractfile("runs/CartPole-v1/progress.json")
         backed_up = json.loads(f.read()) if f else {}
+        # What produced this state comes along: the profile in effect, and (asked) the logs.
+        f = tar.extractfile("profile-in-effect.yaml")
+        assert f is not None and f.read() == daemon.profile.read_bytes()
+        f = tar.extractfile("logs/CartPole-v1.log")
+        assert f is not None and f.read()
+    assert json.loads(out.stdout)["logs"] >= 1
     # Restoring onto the running daemon's own state dir is refused.
     out = daemon.ctl("restore", str(archive))
     assert out.returncode == 6 and "daemon runs" in one_line(out.stderr)
