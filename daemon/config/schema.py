@@ -90,6 +90,8 @@ class Backoff:
     reset_after: float = _f("duration", 600.0, positive=True)
     storm_crashes: int = _f("int", 5, lo=1)
     storm_window: float = _f("duration", 600.0, positive=True)
+    # Restarts (crash or frozen heartbeat) in a row with no new episode: FATAL however far apart.
+    max_no_progress_restarts: int = _f("int", 10, lo=1)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ def read_progress(run_dir: Path) -> dict[str, Any]:
 
 def _backoff(profile: Profile) -> BackoffPolicy:
     b = profile.backoff
-    return BackoffPolicy(b.initial, b.factor, b.max, b.reset_after, b.storm_crashes, b.storm_window)
+    return BackoffPolicy(b.initial, b.factor, b.max, b.reset_after, b.storm_crashes, b.storm_window,
+                         b.max_no_progress_restarts)  # fmt: skip
 
 
 class ProcessManager:
@@ -324,7 +325,10 @@ class ProcessManager:
                 outcome = Outcome.DONE
                 g.done(f"target reached ({episodes}/{g.target} episodes) while stopping")
             else:
-                g.exited_while_stopping()
+                frozen = after is After.RESTART and g.stop_reason.startswith("frozen")
+                g.exited_while_stopping(self.policy if frozen else None)
+                if g.state is State.FATAL:
+                    reason = g.reason
         elif rc == 0 and reached:
             outcome = Outcome.DONE
             reason = f"target reached ({episodes}/{g.target} episodes): {text}"

@@ -55,6 +55,7 @@ class BackoffPolicy:
     reset_after: float
     storm_crashes: int
     storm_window: float
+    max_no_progress_restarts: int = 10
 
 
 @dataclass
@@ -88,6 +89,10 @@ class Game:
     # The manager's level epoch at the spawn: a live process of an older epoch is still
     # draining a level change (same level name and edited settings included).
     epoch: int = 0
+    # Episodes when the live process started, and restarts in a row that added none: a crash
+    # loop too slow for the storm window still ends (``max_no_progress_restarts``).
+    episodes_at_start: int = 0
+    no_progress_restarts: int = 0
 
     # -------------------------------------------------------------- transitions
 
@@ -102,6 +107,7 @@ class Game:
         self.epoch = epoch
         self.started_wall = wall
         self.retry_at, self.stop_deadline, self.killed, self.after = None, None, False, None
+        self.episodes_at_start = int(self.progress.get("episodes") or 0)
         return prev
 
     def became_running(self) -> None:
@@ -118,10 +124,32 @@ class Game:
             return True
         return False
 
+    def count_restart(self, policy: BackoffPolicy) -> str | None:
+        """One more restart of this game (a crash or a frozen heartbeat): the FATAL reason when
+        it is the ``max_no_progress_restarts``-th in a row without a new episode, else None."""
+        episodes = int(self.progress.get("episodes") or 0)
+        if episodes > self.episodes_at_start:
+            self.no_progress_restarts = 0
+            return None
+        self.no_progress_restarts += 1
+        if self.no_progress_restarts < policy.max_no_progress_restarts:
+            return None
+        return (
+            f"gave up: entered FATAL, {self.no_progress_restarts} restarts in a row without a new"
+            f" episode (still at episode {episodes}; backoff.max_no_progress_restarts="
+            f"{policy.max_no_progress_restarts})"
+        )
+
     def crashed(self, mono: float, policy: BackoffPolicy, reason: str) -> State:
-        """The process died on its own; BACKOFF, or FATAL when crashes storm."""
+        """The process died on its own; BACKOFF, or FATAL when crashes storm or bring no
+        progress."""
         assert self.state in (State.STARTING, State.RUNNING, State.QUEUED, State.BACKOFF)
         self._exited()
+        if (stuck := self.count_restart(policy)) is not None:
+            # STARTING -> FATAL, RUNNING -> FATAL (QUEUED/BACKOFF -> FATAL: spawn failed)
+            self.state = State.FATAL
+            self.reason = f"{stuck}; last: {reason}"
+            return self.state
         self.crashes.append(mono)
         while self.crashes and mono - self.crashes[0] > policy.storm_window:
             self.crashes.popleft()
@@ -180,11 +208,17 @@ class Game:
         self.state = State.STOPPED if after is After.STOPPED else State.QUEUED
         self.reason = reason
 
-    def exited_while_stopping(self) -> State:
-        """The stopped process is gone: become what the stop was for."""
+    def exited_while_stopping(self, policy: BackoffPolicy | None = None) -> State:
+        """The stopped process is gone: become what the stop was for. ``policy`` is given for a
+        restart of a frozen trainer, which counts toward ``max_no_progress_restarts``."""
         assert self.state is State.STOPPING
         after = self.after
         self._exited()
+        if policy is not None and (stuck := self.count_restart(policy)) is not None:
+            # STOPPING -> FATAL (a frozen trainer restarted too often without progress)
+            self.state = State.FATAL
+            self.reason = f"{stuck}; last: {self.stop_reason}"
+            return self.state
         if after is After.STOPPED:
             # STOPPING -> STOPPED
             self.state = State.STOPPED
@@ -199,6 +233,7 @@ class Game:
         # STOPPED -> QUEUED, FATAL -> QUEUED, DONE -> QUEUED (QUEUED stays QUEUED)
         self.state = State.QUEUED
         self.crashes.clear()
+        self.no_progress_restarts = 0
         self.delay, self.retry_at, self.reason = None, None, reason
 
     def _exited(self) -> None:

@@ -273,3 +273,69 @@ def test_the_health_job_rotates_a_game_log_past_max_bytes(env) -> None:
     assert rotated.stat().st_size == limits.max_bytes + 1 and log_path.stat().st_size == 0
     assert small.read_bytes() == b"y" * 10  # under the limit: left alone
     assert not small.with_name(small.name + ".1").exists()
+
+
+def _crash_far_apart(mgr: ProcessManager, fake: FakeOs, clock, game: str, episodes: int) -> None:
+    """One crash of ``game`` with ``episodes`` in its heartbeat, then the backoff wait, and more
+    than storm_window later (the time-window storm rule never sees two of these together)."""
+    write_progress(mgr, game, pid=pid(mgr, game), status="running", episodes=episodes,
+                   updated_at=clock.now())  # fmt: skip
+    fake.exits[pid(mgr, game)] = 1
+    mgr.tick()
+    clock.advance(700)
+    mgr.tick()
+
+
+def test_restarts_without_episode_progress_end_in_fatal_naming_the_setting(tmp_path) -> None:
+    profile = MANAGER_PROFILE.section("backoff", max_no_progress_restarts=3).load(
+        tmp_path / "p.yaml"
+    )
+    mgr, fake, clock, store = build_manager(tmp_path, profile)
+    mgr.tick()
+    # The first run got from episode 0 to 7 (progress); the next three add nothing.
+    for _ in range(3):
+        _crash_far_apart(mgr, fake, clock, "Pong", episodes=7)
+        assert mgr.games["Pong"].state is State.STARTING
+    _crash_far_apart(mgr, fake, clock, "Pong", episodes=7)
+    g = mgr.games["Pong"]
+    assert g.state is State.FATAL
+    assert "max_no_progress_restarts=3" in g.reason and "episode 7" in g.reason
+    assert "\n" not in g.reason
+    assert store.games()["Pong"]["state"] == "FATAL"
+    # An operator start clears the count with the FATAL.
+    mgr.start(["Pong"])
+    assert mgr.games["Pong"].no_progress_restarts == 0
+
+
+def test_crashes_with_progress_keep_the_normal_backoff(tmp_path) -> None:
+    profile = MANAGER_PROFILE.section("backoff", max_no_progress_restarts=2).load(
+        tmp_path / "p.yaml"
+    )
+    mgr, fake, clock, _ = build_manager(tmp_path, profile)
+    mgr.tick()
+    for episodes in range(1, 7):
+        _crash_far_apart(mgr, fake, clock, "Pong", episodes=episodes * 5)
+        assert mgr.games["Pong"].state is State.STARTING, mgr.games["Pong"].reason
+    assert mgr.games["Pong"].no_progress_restarts == 0
+
+
+def test_frozen_restarts_without_progress_count_too(tmp_path) -> None:
+    profile = MANAGER_PROFILE.section("backoff", max_no_progress_restarts=2).load(
+        tmp_path / "p.yaml"
+    )
+    mgr, fake, clock, _ = build_manager(tmp_path, profile)
+    mgr.tick()
+    for i in range(3):  # the first run got to episode 4; the next two add nothing
+        if i == 2:
+            assert mgr.games["Pong"].no_progress_restarts == 1
+        old = pid(mgr, "Pong")
+        clock.advance(5)
+        mgr.tick()
+        write_progress(mgr, "Pong", pid=old, episodes=4, updated_at=clock.now())
+        clock.advance(101)
+        mgr.health()
+        assert mgr.games["Pong"].state is State.STOPPING
+        fake.exits[old] = 0
+        mgr.tick()
+    g = mgr.games["Pong"]
+    assert g.state is State.FATAL and "max_no_progress_restarts=2" in g.reason
