@@ -215,22 +215,32 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                     "signal",
                     "reason",
                 ),
-                "WHERE started_at >= ? OR ended_at >= ? OR ended_at IS NULL ORDER BY started_at",
+                "WHERE started_at >= ? OR ended_at >= ? ORDER BY started_at",
                 (since, since),
             ):
-                end = "running"
-                if r["ended_at"] is not None:
+                # Two events at their own times: how a run ended is not known at its start.
+                if r["started_at"] is not None and r["started_at"] >= since:
+                    out.append(
+                        {
+                            "at": r["started_at"],
+                            "kind": "run",
+                            "game": r["game"],
+                            "what": f"pid {r['pid']} started: {r['level']} "
+                            f"envs={r['num_envs']} batch={r['batch_size']}",
+                            "reason": None,
+                        }
+                    )
+                if r["ended_at"] is not None and r["ended_at"] >= since:
                     end = f"signal {r['signal']}" if r["signal"] else f"exit {r['exit_code']}"
-                out.append(
-                    {
-                        "at": r["started_at"],
-                        "kind": "run",
-                        "game": r["game"],
-                        "what": f"pid {r['pid']} {r['level']} envs={r['num_envs']} "
-                        f"batch={r['batch_size']}: {end}",
-                        "reason": r["reason"],
-                    }
-                )
+                    out.append(
+                        {
+                            "at": r["ended_at"],
+                            "kind": "run",
+                            "game": r["game"],
+                            "what": f"pid {r['pid']} ended: {end}",
+                            "reason": r["reason"],
+                        }
+                    )
         if "decisions" in kinds or "levels" in kinds:
             only_levels = "decisions" not in kinds
             for r in _select(

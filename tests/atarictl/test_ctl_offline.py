@@ -67,10 +67,15 @@ def test_offline_reads_never_write(state: Path) -> None:
 def test_history_kinds_and_since(state: Path) -> None:
     out = atarictl("--state-dir", str(state), "history", "--json")
     events = json.loads(out.stdout)["events"]
-    assert [e["kind"] for e in events] == ["boot", "boot", "run", "level", "process"]
+    assert [e["kind"] for e in events] == ["boot", "boot", "run", "level", "run", "process"]
     assert events[0]["reason"] == "first boot seen"
     assert events[1]["reason"] == "after b00tid-1, down 42s, unclean shutdown"
-    assert events[2]["what"] == "pid 4242 light envs=4 batch=32: exit 1"
+    # A run is two events at their own times: its start, then (after the level row) its end.
+    start, end = events[2], events[4]
+    assert start["what"] == "pid 4242 started: light envs=4 batch=32"
+    assert end["what"] == "pid 4242 ended: exit 1" and end["reason"] == "crash"
+    assert start["at"] < events[3]["at"] < end["at"]
+    assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     out = atarictl("--state-dir", str(state), "history", "--kind", "levels", "--since", "3h")
     lines = out.stdout.splitlines()
     assert "daemon DOWN" in lines[0]
