@@ -29,6 +29,7 @@ from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
 from daemon.level_source import Command, LevelSource
+from daemon.pressure import PressureProbe
 from daemon.process import ProcessManager
 from daemon.reload import check_levels, settings_changed
 from daemon.sdnotify import Notifier
@@ -87,12 +88,15 @@ class Supervisor:
         notifier: Notifier | None = None,
         gpu: GpuProbe | None = None,
         daemon_run_id: int | None = None,
+        pressure: PressureProbe | None = None,
     ) -> None:
         self.profile, self.store, self.clock = profile, store, clock
         self.manager, self.level_source = manager, level_source
         self.notifier = notifier or Notifier(address="")
         self.gpu = gpu
         self.procs = ProcessProbe()
+        self.pressure = pressure if pressure is not None else PressureProbe()
+        self.last_pressure: dict[str, Any] | None = None
         self.daemon_run_id = daemon_run_id
         self.started_at = clock.now()
         # SimpleQueue: put() is reentrant, so signal handlers may post too.
@@ -233,6 +237,7 @@ class Supervisor:
         }  # fmt: skip
         if self.gpu is not None:
             samples["gpu"] = self.last_gpu = self.gpu.sample()
+        samples["pressure"] = self.last_pressure = self.pressure.sample(self.clock.monotonic())
         for kind, payload in samples.items():
             self.store.add_telemetry(now, kind, payload)
         self.store.prune_telemetry(now - self.profile.telemetry_retention)
@@ -342,6 +347,7 @@ class Supervisor:
             gpu_cost_per_hour=self.profile.gpu_cost_per_hour,
             extra={"level_state": auto.get("state", level), "autoscaler": auto,
                    "gpu_sample": self.last_gpu,  # the NVML numbers as sampled, for --json
+                   "pressure": self.last_pressure,  # PSI, memory, swap, OOM kills (pressure.py)
                    "summary": self.status_line(), "counts": self.manager.counts()},
         ).to_dict()  # fmt: skip
 

@@ -47,6 +47,10 @@ class GpuProbe:
                 procs = self._optional(nv.nvmlDeviceGetComputeRunningProcesses, h) or []
                 temp = self._optional(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
                 power_mw = self._optional(nv.nvmlDeviceGetPowerUsage, h)
+                limit_mw = self._named("nvmlDeviceGetEnforcedPowerLimit", h)
+                slowdown_c = self._named("nvmlDeviceGetTemperatureThreshold", h,
+                                         getattr(nv, "NVML_TEMPERATURE_THRESHOLD_SLOWDOWN", 1))
+                reasons = self._named("nvmlDeviceGetCurrentClocksThrottleReasons", h)
                 gpus.append({
                     "index": i,
                     "name": _text(nv.nvmlDeviceGetName(h)),
@@ -55,6 +59,9 @@ class GpuProbe:
                     "mem_total_mb": mem.total / 2**20,
                     "temperature_c": temp,
                     "power_w": power_mw / 1000.0 if power_mw is not None else None,
+                    "power_limit_w": limit_mw / 1000.0 if limit_mw is not None else None,
+                    "temperature_slowdown_c": slowdown_c,
+                    "throttle_reasons": throttle_names(reasons),
                     "processes": {str(p.pid): (p.usedGpuMemory or 0) / 2**20 for p in procs},
                 })  # fmt: skip
         except nv.NVMLError as e:
@@ -68,6 +75,11 @@ class GpuProbe:
         self._reported = None
         return {"gpu": "ok", "gpus": gpus}
 
+    def _named(self, name: str, *args: Any) -> Any:
+        """An optional reading an older driver binding may not have at all."""
+        read = getattr(self.nvml, name, None)
+        return None if read is None else self._optional(read, *args)
+
     def _optional(self, read: Any, *args: Any) -> Any:
         """One sensor reading, or None where this GPU has no such sensor (power and temperature
         on a MIG slice or some boards): a missing sensor is not a missing GPU."""
@@ -75,6 +87,21 @@ class GpuProbe:
             return read(*args)
         except getattr(self.nvml, "NVMLError_NotSupported", ()):
             return None
+
+
+# NVML's clock-event reason bits (nvml.h nvmlClocksThrottleReason*); idle, application and
+# display settings are not pressure and are left out.
+THROTTLE_BITS = {
+    0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal", 0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+}  # fmt: skip
+
+
+def throttle_names(mask: int | None) -> list[str] | None:
+    """The pressure-related throttle reasons set in NVML's bitmask; None when unknown."""
+    if not isinstance(mask, int):
+        return None
+    return [name for bit, name in THROTTLE_BITS.items() if mask & bit]
 
 
 def _text(value: bytes | str) -> str:

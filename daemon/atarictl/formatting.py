@@ -81,6 +81,38 @@ def _gpu_line(gpu: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+def pressure_line(p: dict[str, Any] | None, gpu_sample: dict[str, Any] | None = None) -> str:
+    """PSI full avg10/avg60 per resource, memory headroom, swap rates, OOM kills and the GPUs'
+    limits (daemon/pressure.py and daemon/telemetry.py sample them)."""
+    if not p:
+        return "unknown (no telemetry yet)"
+    parts = []
+    psi = p.get("psi") or {}
+    for res in ("memory", "io", "cpu"):
+        r = psi.get(res) or {}
+        kind = "full" if "full" in r else "some"
+        if kind in r:
+            parts.append(f"{res} {kind} {r[kind]['avg10']:.1f}/{r[kind]['avg60']:.1f}%")
+    if not psi:
+        parts.append("no PSI")
+    if p.get("mem_available_mb") is not None and p.get("mem_total_mb"):
+        parts.append(f"avail {p['mem_available_mb'] / 1024:.1f}/{p['mem_total_mb'] / 1024:.1f} GiB")
+    if p.get("cgroup_mem_limit_mb") is not None:
+        parts.append(f"cgroup {p['cgroup_mem_current_mb'] / 1024:.2f}/"
+                     f"{p['cgroup_mem_limit_mb'] / 1024:.2f} GiB")  # fmt: skip
+    if p.get("swap_in_per_s") is not None:
+        parts.append(f"swap in/out {p['swap_in_per_s']:.0f}/{p['swap_out_per_s']:.0f} pages/s")
+    if p.get("oom_kill") is not None:
+        parts.append(f"oom kills {p['oom_kill']}")
+    for g in (gpu_sample or {}).get("gpus") or []:
+        lim = g.get("power_limit_w")
+        if lim and g.get("power_w") is not None:
+            parts.append(f"gpu{g.get('index', 0)} power {g['power_w']:.0f}/{lim:.0f} W")
+        if g.get("throttle_reasons"):
+            parts.append(f"gpu{g.get('index', 0)} throttled: {','.join(g['throttle_reasons'])}")
+    return " · ".join(parts)
+
+
 def format_status(st: dict[str, Any]) -> str:
     now = st["now"]
     lines = []
@@ -110,6 +142,8 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append(
         "gpu: " + (_gpu_line(st["gpu"]) if st["source"] == "daemon" else "unknown (daemon down)")
     )
+    if st["source"] == "daemon":
+        lines.append("pressure: " + pressure_line(st.get("pressure"), st.get("gpu_sample")))
     rows = []
     for g in st["games"]:
         target = "?" if g["target"] is None else str(g["target"])

@@ -274,3 +274,27 @@ def test_reload_of_the_current_levels_settings_restarts_the_running_games(sup) -
     assert ask(s, "reload")["result"]["changes"] == []
     assert len(fake.signals) == signals
     assert sum(g.proc is not None for g in s.manager.games.values()) == 2
+
+
+def test_the_telemetry_job_stores_pressure_and_status_shows_it(sup) -> None:
+    from sqlalchemy import select
+
+    from daemon.store import schema
+
+    s, _, clock = sup
+    s.post(Check("telemetry"))
+    s.loop_once(timeout=0.05)
+    with s.store.engine.connect() as conn:
+        rows = conn.execute(select(schema.telemetry.c.kind, schema.telemetry.c.payload)).all()
+    stored = {kind: payload for kind, payload in rows}
+    # This machine's real /proc: its PSI files when the kernel has them, always MemAvailable.
+    assert stored["pressure"]["mem_total_mb"] > 0
+    result = ask(s, "status")["result"]
+    assert result["pressure"] == stored["pressure"]
+    # Stored bounded like the rest: retention prunes it.
+    clock.advance(s.profile.telemetry_retention + 1)
+    s.post(Check("telemetry"))
+    s.loop_once(timeout=0.05)
+    with s.store.engine.connect() as conn:
+        assert len(conn.execute(select(schema.telemetry.c.at)
+                                .where(schema.telemetry.c.kind == "pressure")).all()) == 1
