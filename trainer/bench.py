@@ -74,6 +74,9 @@ def trainer_rate(
     seconds: float,
     device: str,
     overlap: bool = True,
+    algo: str = "dqn",
+    tensorboard: bool = True,
+    checkpoint_every: float = 10**6,
 ) -> float:
     from trainer.train import main as train_main
 
@@ -88,9 +91,11 @@ def trainer_rate(
             replay_ratio=ratio,
             learning_starts=batch,
             buffer_gb=0.5,
-            checkpoint_every=10**6,
+            checkpoint_every=checkpoint_every,
             max_seconds=seconds + 3.0,  # plus the short fill phase before learning
             overlap=overlap,
+            algo=algo,
+            tensorboard=tensorboard,
         )
         train_main(args)
         progress = json.loads((Path(tmp) / "progress.json").read_text())
@@ -105,7 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--replay-ratio", type=float, default=8.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = torch default")
+    p.add_argument(
+        "--tb-overhead", metavar="SHAPES", default=None,
+        help="only the TensorBoard overhead table: whole-trainer env steps/s with and without "
+        "--tensorboard, alternating, at these ALGO:ENVSxBATCH shapes (e.g. dqn:8x128,pqn:8x128)",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=int, default=3, help="--tb-overhead: on/off pairs per row")
     return p
+
+
+def tb_overhead(game: str, shapes: str, seconds: float, device: str, rr: float,
+                repeats: int) -> None:  # fmt: skip
+    """TensorBoard on vs off, side by side: each row alternates on/off runs (so drift on a
+    shared host hits both), checkpoints (and so event writes) every 5 s."""
+    print(f"# {game}, device {device}, {seconds:g} s per run, {repeats} on/off pairs per row, "
+          "checkpoint (and event flush) every 5 s", flush=True)  # fmt: skip
+    print("\n| algo | level | TB on env steps/s | TB off env steps/s | on/off |"
+          "\n|---|---|---:|---:|---:|", flush=True)  # fmt: skip
+    for item in shapes.split(","):
+        algo, shape = item.split(":")
+        n, b = (int(x) for x in shape.split("x"))
+        on: list[float] = []
+        off: list[float] = []
+        for _ in range(repeats):
+            for tb, out in ((True, on), (False, off)):
+                out.append(trainer_rate(game, n, b, rr, seconds, device, algo=algo,
+                                        tensorboard=tb, checkpoint_every=5.0))  # fmt: skip
+        mean_on, mean_off = sum(on) / len(on), sum(off) / len(off)
+        print(f"| {algo} | {n}/{b} | {mean_on:,.0f} | {mean_off:,.0f} "
+              f"| {mean_on / mean_off:.3f} |", flush=True)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -122,6 +155,10 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(ns.threads)
     device_name = "cuda" if ns.device == "auto" and torch.cuda.is_available() else ns.device
     device = torch.device("cpu" if device_name == "auto" else device_name)
+    if ns.tb_overhead:
+        tb_overhead(ns.game, ns.tb_overhead, ns.seconds, str(device), ns.replay_ratio,
+                    ns.repeats)  # fmt: skip
+        return 0
     sizes, levels = (QUICK, QUICK_LEVELS) if ns.quick else (FULL, FULL_LEVELS)
     seconds = min(ns.seconds, 2.0) if ns.quick else ns.seconds
     rr = ns.replay_ratio

@@ -94,6 +94,9 @@ class Args:
     allow_fresh: bool = _arg(
         False, "start from scratch when every checkpoint in the run dir is corrupt", RUN
     )
+    tensorboard: bool = _arg(
+        True, "TensorBoard curves in <run-dir>/tb, written at each checkpoint", RUN
+    )
 
     @property
     def env_id(self) -> str:

@@ -90,8 +90,9 @@ def learn(
     action: torch.Tensor,
     target: torch.Tensor,
     passes: float,
-) -> int:
-    """``passes`` shuffled passes of minibatches over the (flattened, valid) rollout samples."""
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """``passes`` shuffled passes of minibatches over the (flattened, valid) rollout samples;
+    returns the number of updates and the last one's loss, mean Q and gradient norm."""
     n = obs.shape[0]
     batch = min(args.batch_size, n)
     count = max(1, round(passes * n / batch))
@@ -106,9 +107,10 @@ def learn(
         loss = F.mse_loss(q_sa, target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(q.parameters(), args.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(q.parameters(), args.max_grad_norm)
         opt.step()
-    return count
+    stats = {"loss": loss.detach(), "q_mean": q_sa.detach().mean(), "grad_norm": grad_norm}
+    return count, stats
 
 
 def train(begin: runtime.Start, files: RunFiles, clock: Clock, stop: StopFlag) -> int:
@@ -216,13 +218,17 @@ def train(begin: runtime.Start, files: RunFiles, clock: Clock, stop: StopFlag) -
             group["lr"] = learning_rate(args, env_steps)
         valid = ~buf["reset"][:filled].reshape(-1)
         if bool(valid.any()):
-            updates += learn(
+            count, stats = learn(
                 args, q, opt,
                 buf["obs"][:filled].reshape(-1, *spec.obs_shape)[valid],
                 buf["action"][:filled].reshape(-1)[valid],
                 target.reshape(-1)[valid],
                 1.0 if stop.set else args.replay_ratio,
             )  # fmt: skip
+            updates += count
+            if run.curves.learner_due():
+                run.curves.learner(updates, stats, epsilon(args, env_steps),
+                                   opt.param_groups[0]["lr"])  # fmt: skip
         if done or limit or stop.set:
             break
         mono = clock.monotonic()

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trainer import checkpoint, scaling
+from trainer import checkpoint, scaling, tb
 from trainer.args import Args, resume_config, validate
 from trainer.contract import ExitCode
 from trainer.progress import EpisodeStats
@@ -198,6 +198,7 @@ class Run:
         self.best_needs = min(100, self.args.episodes)
         self.frame_skip = 4 if self.args.is_atari else 1
         self.t_start = clock.monotonic()
+        self.curves = tb.Curves(self.args.run_dir, clock, self.args.tensorboard)
         # Logged here, once the run is sure to start: a refused start stays one line of stderr.
         if begin.scaled:
             a = self.args
@@ -211,6 +212,7 @@ class Run:
         silent fresh start."""
         state, path = self.begin.state, self.begin.path
         if state is None:
+            self._level_text(0)
             return None
         try:
             counters = load(state)
@@ -229,7 +231,13 @@ class Run:
             counters["updates"],
             epsilon(self.args, counters["env_steps"]),
         )
+        self._level_text(counters["env_steps"])
         return counters
+
+    def _level_text(self, env_steps: int) -> None:
+        a = self.args
+        self.curves.level(f"{a.algo} num_envs={a.num_envs} batch_size={a.batch_size} "
+                          f"device={self.device}", env_steps)  # fmt: skip
 
     def env_seed(self, env_steps: int) -> int:
         # Fresh env seeds on every resume, so a restarted run does not replay the same episodes.
@@ -238,8 +246,15 @@ class Run:
     def episodes(
         self, finished: list[tuple[float, int]], env_steps: int, q: torch.nn.Module
     ) -> None:
-        if record_episodes(finished, self.stats, self.files, self.clock.now(), env_steps,
-                           self.best_needs, self.frame_skip):  # fmt: skip
+        if not finished:
+            return
+        now, new_best, avgs = self.clock.now(), False, []
+        for one in finished:  # one at a time: the curve has each episode's avg100
+            new_best = record_episodes([one], self.stats, self.files, now, env_steps,
+                                       self.best_needs, self.frame_skip) or new_best  # fmt: skip
+            avgs.append(self.stats.avg100)
+        self.curves.episodes(finished, avgs, env_steps, self.frame_skip)
+        if new_best:
             self.best_weights = snapshot(q)
             self.best_written = False
 
@@ -262,7 +277,9 @@ class Run:
         return False
 
     def progress(self, status: str, counters: dict[str, int], replay_size: int,
-                 rate: float | None) -> None:  # fmt: skip
+                 rate: float | None, replay_fill: float | None = None) -> None:  # fmt: skip
+        self.curves.tick(counters["env_steps"], counters["updates"], replay_fill,
+                         self.args.num_envs, self.args.batch_size)  # fmt: skip
         write_progress(self.files, self.args, status, self.stats, counters["env_steps"],
                        counters["updates"], self.last_ckpt_time, str(self.device), replay_size,
                        rate)  # fmt: skip
@@ -292,6 +309,7 @@ class Run:
             return False
         self.last_ckpt_time = self.clock.now()
         log.info("checkpoint %s in %.2f s", path.name, self.clock.monotonic() - t0)
+        self.curves.commit()  # the curves never run ahead of the newest checkpoint
         if self.best_weights is not None and not self.best_written:
             try:
                 self.export_best(self.best_weights)
@@ -322,6 +340,7 @@ class Run:
                 log.error("could not export %s: %s", self.files.best_path, exc)
                 ok = False
         self.progress("done" if done else "stopped", counters, replay_size, rate)
+        self.curves.close()
         if self.ckpt_failed and not ok:
             log.error("the final checkpoint could not be written")
         return ExitCode.OK if ok else ExitCode.FAILURE

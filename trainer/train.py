@@ -48,7 +48,9 @@ def learn(
     opt: torch.optim.Optimizer,
     batch: dict[str, np.ndarray],
     device: torch.device,
-) -> float:
+) -> dict[str, torch.Tensor]:
+    """One update; returns its loss, mean Q of the batch and gradient norm as device tensors
+    (read only when the curves sample them: no device sync per update)."""
     obs = torch.as_tensor(batch["obs"], device=device)
     next_obs = torch.as_tensor(batch["next_obs"], device=device)
     action = torch.as_tensor(batch["action"], device=device)
@@ -62,9 +64,9 @@ def learn(
     loss = F.smooth_l1_loss(q_sa, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(q.parameters(), args.max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(q.parameters(), args.max_grad_norm)
     opt.step()
-    return float(loss.detach())
+    return {"loss": loss.detach(), "q_mean": q_sa.detach().mean(), "grad_norm": grad_norm}
 
 
 def main(
@@ -170,8 +172,10 @@ def train(begin: runtime.Start, files: RunFiles, clock: Clock, stop: StopFlag) -
         if learning:
             credit += n * args.replay_ratio / args.batch_size
             while credit >= 1.0 and not stop.set:
-                learn(args, q, target, opt, replay.sample(args.batch_size, rng), device)
+                stats = learn(args, q, target, opt, replay.sample(args.batch_size, rng), device)
                 updates += 1
+                if run.curves.learner_due():
+                    run.curves.learner(updates, stats, eps, opt.param_groups[0]["lr"])
                 credit -= 1.0
         if args.overlap:
             stepped = envs.recv()
@@ -198,7 +202,8 @@ def train(begin: runtime.Start, files: RunFiles, clock: Clock, stop: StopFlag) -
             run.periodic_save(nets(), counters())
             next_ckpt = clock.monotonic() + args.checkpoint_every
         if mono >= next_progress:
-            run.progress("running", counters(), len(replay), learn_rate())
+            run.progress("running", counters(), len(replay), learn_rate(),
+                         len(replay) / max(1, capacity))
             next_progress = mono + args.progress_every
         if mono >= next_log:
             run.log_rate(counters(), steps_at_start, eps)
