@@ -19,9 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.resources import shipped_dir
+
 UNIT_NAME = "atari-supervisor.service"
 GROUP = "atari-supervisor"
-UNIT_TEMPLATE = Path(__file__).resolve().parents[2] / "systemd" / UNIT_NAME
+UNIT_TEMPLATE = shipped_dir("systemd") / UNIT_NAME  # the package's copy, or the checkout's
 TEMPLATE_PYTHON = "/opt/atari-supervisor/.venv/bin/python"
 UNIT_DIR = Path("/etc/systemd/system")
 CONFIG_DIR = Path("/etc/atari-supervisor")
@@ -100,7 +102,7 @@ def _systemctl(systemctl: str, *args: str, hint: str = "") -> None:
 
 def _source_profile(profile: Path | None) -> Path | None:
     """The profile to copy, validated; None means keep the installed one."""
-    from daemon.config import DEFAULT_PROFILE, ProfileError, load_profile
+    from daemon.config import DEFAULT_PROFILE, DEFAULT_PROFILE_DIR, ProfileError, load_profile
 
     installed = CONFIG_DIR / PROFILE_NAME
     if profile is None:
@@ -109,7 +111,8 @@ def _source_profile(profile: Path | None) -> Path | None:
         profile = DEFAULT_PROFILE
     if not profile.is_file():
         raise ServiceError(
-            f"--profile {profile}: no such file; pass a profile YAML such as profiles/gpu-box.yaml"
+            f"--profile {profile}: no such file; pass a profile YAML such as "
+            f"{DEFAULT_PROFILE_DIR / 'gpu-box.yaml'}"
         )
     try:
         load_profile(profile)

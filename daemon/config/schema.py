@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from daemon.resources import shipped_dir
 from trainer import contract
 
-DEFAULT_PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
+# In the installed package (importlib.resources), or the checkout's top-level profiles/.
+DEFAULT_PROFILE_DIR = shipped_dir("profiles")
 DEFAULT_PROFILE = DEFAULT_PROFILE_DIR / "cpu-tiny.yaml"
 
 # Memory estimate per trainer beyond its replay buffer: torch + envpool + Python (measured on the
