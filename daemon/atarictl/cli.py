@@ -2,7 +2,7 @@
 
 Exit codes (documented in docs/cli.md): 0 ok, 1 command failed, 2 usage, 3 daemon not running
 (status/history still print from the database), 4 permission denied, 5 unknown game,
-6 backup refused or invalid, 7 daemon timed out.
+6 backup refused or invalid, 7 daemon timed out, 8 --wait ran out.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from daemon.atarictl.client import (
     UnknownGame,
 )
 from daemon.atarictl.names import resolve_game, resolve_games
+from daemon.atarictl.wait import DEFAULT_WAIT_S, attach_wait_value
 from daemon.paths import Dirs, resolve_dirs
 
 EXIT_OK = 0
@@ -173,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         c = sub.add_parser(name, parents=[js], help=what)
         c.add_argument("games", nargs="+", metavar="GAME", help="game names or 'all'")
+        c.add_argument(
+            "--wait",
+            nargs="?",
+            const=DEFAULT_WAIT_S,
+            type=_duration_arg,
+            metavar="SECONDS",
+            help="return once each game is in its next steady state (RUNNING, QUEUED, "
+            "BACKOFF, STOPPED, DONE, FATAL) and print it; exit 8 after SECONDS "
+            f"(default {DEFAULT_WAIT_S:g})",
+        )
     t = sub.add_parser("tail", parents=[js], help="a game's trainer log")
     t.add_argument("game", metavar="GAME")
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -295,12 +306,13 @@ class Ctl:
     # start / stop / restart -------------------------------------------------------------------
 
     def _games_cmd(self, cmd: str) -> int:
+        from daemon.atarictl.wait import report
+
         # The profile's spelling, case-insensitively; an unknown name gets the one wording.
-        known = [g["game"] for g in self.client.call("status", {})["games"]]
-        games = resolve_games(self.args.games, known, allow_all=True)
+        before = self.client.call("status", {})
+        games = resolve_games(self.args.games, [g["game"] for g in before["games"]], allow_all=True)
         result = self.client.call(cmd, {"games": games})
-        self.out(_describe(cmd, result), result)
-        return EXIT_OK
+        return report(self, self.client, cmd, result, before, self.args.wait)
 
     def cmd_start(self) -> int:
         return self._games_cmd("start")
@@ -546,7 +558,7 @@ def _commands(parser: argparse.ArgumentParser) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = attach_wait_value(list(sys.argv[1:] if argv is None else argv))
     unknown = _unknown_command(argv, _commands(parser))
     if unknown:
         print(unknown, file=sys.stderr)
