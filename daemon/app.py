@@ -144,7 +144,7 @@ def run_daemon(
         return EXIT_FAILURE
     log.info("starting", profile=profile.path, state_dir=str(dirs.state_dir), pid=os.getpid())
     keep_profile_copy(dirs, _read(profile_path))
-    server = checks = None
+    server = checks = endpoint = None
     try:
         source, boot_id = make_level_source(profile, store, clock)
         run_id = store.daemon_started(os.getpid(), boot_id, clock.now())
@@ -170,6 +170,9 @@ def run_daemon(
         except Exception as e:
             log.error("control socket unavailable; atarictl cannot reach this daemon",
                       error=str(e))  # fmt: skip
+        from daemon.metrics import start_endpoint
+
+        endpoint = start_endpoint(sup, clock, profile.metrics.listen, checks)
         sup.post(Check("telemetry"))
         sup.loop_once()
         notifier.ready(sup.status_line())
@@ -182,6 +185,8 @@ def run_daemon(
     finally:
         if checks is not None:
             checks.shutdown()
+        if endpoint is not None:
+            endpoint.close()
         if server is not None:
             with contextlib.suppress(Exception):
                 server.close()

@@ -113,6 +113,9 @@ class Supervisor:
         self._exit_lock = threading.Lock()
         self.exit_code = 0
         self.last_gpu: dict[str, Any] | None = None
+        # The Prometheus publisher (daemon/metrics.py), refreshed at the end of a loop pass.
+        self.metrics: Any = None
+        self.last_procs: dict[str, Any] = {}
         self._status_line = ""
         for name, fn in (("status", self.cmd_status), ("start", self.cmd_start),
                          ("stop", self.cmd_stop), ("restart", self.cmd_restart),
@@ -163,6 +166,7 @@ class Supervisor:
             event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
         except queue.Empty:
             event = None
+        t0 = self.clock.monotonic()
         while event is not None:
             self._handle(event)
             try:
@@ -174,6 +178,10 @@ class Supervisor:
         self._notify_status()
         if self.stopping and not self.manager.any_live():
             self._finish_shutdown()
+        if self.metrics is not None:
+            self.metrics.refresh()
+            self.metrics.loop.passes += 1
+            self.metrics.loop.pass_seconds += self.clock.monotonic() - t0
 
     def _handle(self, event: object) -> None:
         try:
@@ -189,6 +197,8 @@ class Supervisor:
         except Exception:
             # One bad event must not take the supervisor down with every trainer.
             log.exception("event handling failed", event_type=type(event).__name__)
+            if isinstance(event, Check) and self.metrics is not None:
+                self.metrics.loop.job_failed(event.kind)
 
     def _run_command(self, req: Request) -> dict[str, Any]:
         fn = self.commands.get(req.cmd)
@@ -235,6 +245,7 @@ class Supervisor:
         samples: dict[str, dict[str, Any]] = {
             "host": host_sample(), "process": self.procs.sample(pids)
         }  # fmt: skip
+        self.last_procs = samples["process"]
         if self.gpu is not None:
             samples["gpu"] = self.last_gpu = self.gpu.sample()
         samples["pressure"] = self.last_pressure = self.pressure.sample(self.clock.monotonic())

@@ -10,7 +10,15 @@ import yaml
 
 from daemon.config.errors import ProfileError
 from daemon.config.games import envpool_task, unknown_game_hint
-from daemon.config.schema import FALLBACK_STATE, TRAINER_BASE_GIB, GameTarget, Level, Profile
+from daemon.config.schema import (
+    FALLBACK_STATE,
+    METRICS_PORT,
+    TRAINER_BASE_GIB,
+    GameTarget,
+    Level,
+    Profile,
+    parse_listen,
+)
 from daemon.config.yaml_walk import (
     Ctx,
     check_number,
@@ -231,6 +239,13 @@ def _cross_check(
 
         host_memory_bytes = int(psutil.virtual_memory().total)
     _check_algos(ctx, p, root)
+    if p.metrics.listen is not None:
+        try:
+            parse_listen(p.metrics.listen)
+        except ValueError as e:
+            fix = f"use HOST:PORT, e.g. 127.0.0.1:{METRICS_PORT}, or null"
+            raise ctx.err(node_of(root, "metrics", "listen"), "metrics.listen", str(e),
+                          fix) from None  # fmt: skip
     host_gib = host_memory_bytes / 1024**3
     algos = {p.level_algo(lv) for lv in p.levels}
     for lv in p.levels:

@@ -100,6 +100,25 @@ class ControlSettings:
     socket_group: str | None = _f("str", None, optional=True)
 
 
+METRICS_PORT = 9787  # not in Prometheus's registry of default ports when chosen
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint (daemon/metrics.py); ``listen: null`` turns it off."""
+
+    listen: str | None = _f("str", f"127.0.0.1:{METRICS_PORT}", optional=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9787`` for IPv6) -> (host, port); ValueError with one line."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class GameLogs:
     max_bytes: int = _f("size", 10 * 1024 * 1024, lo=1024)
@@ -155,6 +174,9 @@ class Profile:
     telemetry_retention: float = _f("duration", 7 * 86400.0, positive=True)
     control: ControlSettings = field(
         default_factory=ControlSettings, metadata=_sec(ControlSettings)
+    )
+    metrics: MetricsSettings = field(
+        default_factory=MetricsSettings, metadata=_sec(MetricsSettings)
     )
     gpu_cost_per_hour: float | None = _f("float", None, lo=0, optional=True)
     trainer_args: tuple[str, ...] = _f("strlist", ())

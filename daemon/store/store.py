@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from daemon.store import schema as s
@@ -229,6 +229,22 @@ class Store:
             q = q.where(s.runs.c.game == game)
         with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+    def run_outcome_counts(self) -> dict[tuple[str, str], int]:
+        """Ended runs per (game, outcome): the /metrics restart counters (daemon/metrics.py)."""
+        c = s.runs.c
+        q = (select(c.game, c.outcome, func.count()).where(c.ended_at.is_not(None))
+             .group_by(c.game, c.outcome))  # fmt: skip
+        with self._begin() as conn:
+            return {(g, o or "unknown"): n for g, o, n in conn.execute(q)}
+
+    def decision_moves(self, kind: str) -> dict[tuple[str | None, str | None], int]:
+        """Decisions of one kind per (from_state, to_state): the autoscaler's move counters."""
+        c = s.decisions.c
+        q = (select(c.from_state, c.to_state, func.count()).where(c.kind == kind)
+             .group_by(c.from_state, c.to_state))  # fmt: skip
+        with self._begin() as conn:
+            return {(a, b): n for a, b, n in conn.execute(q)}
 
     # ------------------------------------------------------------------ daemon runs and boots
 
