@@ -160,9 +160,10 @@ def run_daemon(
         install_signal_handlers(sup)
         from daemon.checks import Checks
 
-        checks = Checks(profile.checks, sup.post)
+        checks = Checks(profile.checks, sup.post, eval_every=profile.eval.every)
         sup.next_run = checks.next_run
         sup.on_reload.append(lambda p: checks.prepare_reschedule(p.checks))
+        sup.on_reload.append(lambda p: lambda: checks.set_eval_every(p.eval.every))
         sup.on_reload.append(lambda p: _copy_on_commit(dirs, Path(p.path)))
         try:
             server = start_control(sup, dirs, profile)

@@ -49,6 +49,7 @@ class Checks:
         intervals: CheckIntervals,
         post: Callable[[object], None],
         probes: dict[str, Callable[[], bool]] | None = None,
+        eval_every: float | None = None,
     ) -> None:
         self.post = post
         # Parts that run on their own threads (the control socket): the health check fails
@@ -63,6 +64,19 @@ class Checks:
         for kind in JOBS:
             self.scheduler.add_job(self._job, "interval", args=[kind], id=kind, name=kind,
                                    seconds=getattr(intervals, kind))  # fmt: skip
+        self.eval_every: float | None = None
+        self.set_eval_every(eval_every)
+
+    def set_eval_every(self, seconds: float | None) -> None:
+        """The profile's ``eval.every``: the eval job exists only while it is set."""
+        if seconds == self.eval_every:
+            return
+        if self.scheduler.get_job("eval") is not None:
+            self.scheduler.remove_job("eval")
+        if seconds is not None:
+            self.scheduler.add_job(self._job, "interval", args=["eval"], id="eval", name="eval",
+                                   seconds=seconds)  # fmt: skip
+        self.eval_every = seconds
 
     def _job(self, kind: str) -> None:
         if kind == "health":

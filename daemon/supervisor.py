@@ -28,11 +28,13 @@ import structlog
 from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
+from daemon.evals import Evals
 from daemon.level_source import Command, LevelSource
 from daemon.pressure import PressureProbe
 from daemon.process import ProcessManager
 from daemon.reload import check_levels, settings_changed
 from daemon.sdnotify import Notifier
+from daemon.side_jobs import SideJobs
 from daemon.status import GameRow, NextDecision, game_row, next_move, normalize_gpu
 from daemon.status import build as build_status
 from daemon.store import Store
@@ -57,7 +59,7 @@ class CommandError(Exception):
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # health | stability | telemetry | report | child (SIGCHLD)
+    kind: str  # health | stability | telemetry | report | eval | child (SIGCHLD)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ class Supervisor:
         self._exit_lock = threading.Lock()
         self.exit_code = 0
         self.last_gpu: dict[str, Any] | None = None
+        # Evals and reports run as side jobs (own processes), started and polled by this loop.
+        self.side_jobs = SideJobs(clock)
+        self.evals = Evals(profile.eval, manager.runs_dir, store, clock, self.side_jobs)
         # The Prometheus publisher (daemon/metrics.py), refreshed at the end of a loop pass.
         self.metrics: Any = None
         self.last_procs: dict[str, Any] = {}
@@ -174,6 +179,9 @@ class Supervisor:
             except queue.Empty:
                 event = None
         self.manager.tick()
+        self.side_jobs.poll()
+        if not self.stopping:
+            self.evals.tick(idle_slot=self._idle_slot())
         self._sync_level("level source changed")
         self._notify_status()
         if self.stopping and not self.manager.any_live():
@@ -253,7 +261,24 @@ class Supervisor:
             self.store.add_telemetry(now, kind, payload)
         self.store.prune_telemetry(now - self.profile.telemetry_retention)
 
+    def _on_eval(self) -> None:
+        if self.evals.enabled:
+            self.evals.due(list(self.manager.games))
+
+    def _idle_slot(self) -> bool:
+        c = self.manager.counts()
+        return c["RUNNING"] + c["STARTING"] < self.profile.level(self.manager.level).games
+
     def _on_report(self) -> None:
+        # The Markdown/HTML report with its plot: its own process (matplotlib stays out of the
+        # daemon, a slow plot never holds up this loop); one at a time.
+        state_dir = str(self.manager.runs_dir.parent)
+        self.side_jobs.start(
+            "report", "report", ["daemon.reporting", "--state-dir", state_dir], timeout=600.0,
+            threads=1, on_done=lambda rc, out, err: (log.info if rc == 0 else log.warning)(
+                "report written" if rc == 0 else "report failed", path=out.strip() or None,
+                exit_code=rc, error=err or None),
+        )  # fmt: skip
         for r in self.game_rows():
             log.info("report", game=r.game, state=r.state, episodes=r.episodes, target=r.target,
                      episodes_per_hour=r.episodes_per_hour, eta_s=r.eta_s, best=r.best,
@@ -389,6 +414,7 @@ class Supervisor:
             log.error("reload rejected; the running profile stays", error=str(e))
             raise CommandError(ReplyCode.BAD_PROFILE, msg) from None
         self.profile = profile
+        self.evals.settings = profile.eval
         for commit in commits:
             commit()  # the autoscaler adopts the new policy (and may move its state)
         # The level first (the old one may be gone from the profile), then the games; slots
@@ -415,6 +441,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self.side_jobs.stop_all()
         n = self.manager.shutdown(reason)
         log.info("shutting down: graceful stop of every trainer in parallel", reason=reason,
                  trainers=n, stop_grace=self.profile.stop_grace)  # fmt: skip

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument(
         "--kind",
-        choices=("boots", "levels", "runs", "decisions"),
+        choices=("boots", "levels", "runs", "decisions", "evals"),
         action="append",
         help="only these kinds (repeatable; default all)",
     )
@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon.atarictl import eval as eval_cmd
 
     eval_cmd.add_parser(sub, [js])
+    from daemon.atarictl import progress
+
+    progress.add_parsers(sub, [js], _duration_arg)
     return p
 
 
@@ -276,6 +279,9 @@ class Ctl:
         if games:
             wanted = resolve_games(games, [g["game"] for g in st["games"]])
             st["games"] = [g for g in st["games"] if g["game"] in wanted]
+        from daemon.atarictl.progress import latest_evals_of
+
+        st["latest_evals"] = latest_evals_of(self.paths.db, [g["game"] for g in st["games"]])
         return st, code
 
     def cmd_status(self) -> int:
@@ -398,6 +404,16 @@ class Ctl:
 
         return cmd_eval(self)
 
+    def cmd_plot(self) -> int:
+        from daemon.atarictl.progress import cmd_plot
+
+        return cmd_plot(self)
+
+    def cmd_report(self) -> int:
+        from daemon.atarictl.progress import cmd_report
+
+        return cmd_report(self)
+
     def cmd_models(self) -> int:
         from daemon.atarictl.offline import NoDatabase, known_games, models
 
@@ -409,6 +425,9 @@ class Ctl:
                 "no_database",
             )
         rows = models(self.paths.db, self.paths.runs_dir)
+        from daemon.atarictl.progress import with_evals
+
+        rows = with_evals(rows, self.paths.db, self.paths.runs_dir)
         if self.args.games:
             known = {r["game"] for r in rows} | set(known_games(self.paths.db))
             wanted = resolve_games(self.args.games, known)

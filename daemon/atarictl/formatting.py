@@ -171,6 +171,12 @@ def format_status(st: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(tail)
+    evals = st.get("latest_evals") or {}
+    if evals:
+        lines.append("latest evals: " + " · ".join(
+            f"{g} {number(e['mean'], 1)} ({e['model_kind']} model, episode "
+            f"{'-' if e['model_episode'] is None else e['model_episode']}, "
+            f"{duration(now - e['at'])} ago)" for g, e in sorted(evals.items())))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -190,13 +196,14 @@ def format_models(rows: list[dict[str, Any]], now: float) -> str:
     if not rows:
         return "(no models yet)"
     return table(
-        ("GAME", "KIND", "EPISODE", "RETURN", "SAVED", "PATH"),
+        ("GAME", "KIND", "EPISODE", "RETURN", "EVAL", "SAVED", "PATH"),
         [
             [
                 r["game"],
                 r["kind"],
                 "-" if r["episode"] is None else str(r["episode"]),
                 number(r["return"], 1),
+                number(r.get("eval"), 1),
                 "-" if r["at"] is None else f"{duration(now - r['at'])} ago",
                 r["path"],
             ]

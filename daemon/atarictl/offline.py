@@ -19,7 +19,7 @@ import psutil
 from daemon.atarictl.client import CtlError
 from daemon.status import build, game_row
 
-HISTORY_KINDS = ("boots", "levels", "runs", "decisions")
+HISTORY_KINDS = ("boots", "levels", "runs", "decisions", "evals")
 
 
 class NoDatabase(CtlError):
@@ -263,7 +263,26 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                         "reason": r["reason"],
                     }
                 )
+        if "evals" in kinds:
+            out += _eval_events(conn, since)
     out.sort(key=lambda r: r["at"] or 0.0)
+    return out
+
+
+def _eval_events(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
+    cols = ("at", "game", "model_kind", "model_episode", "episodes", "mean", "std",
+            "human_normalized", "source", "wall_s")  # fmt: skip
+    out = []
+    for r in _select(conn, "evals", cols, "WHERE at >= ? ORDER BY at", (since,)):
+        ep = "-" if r["model_episode"] is None else r["model_episode"]
+        hn = r["human_normalized"]
+        out.append({
+            "at": r["at"], "kind": "eval", "game": r["game"],
+            "what": f"{r['model_kind']} model (episode {ep}): mean {r['mean']:.1f} ± "
+                    f"{(r['std'] or 0.0):.1f} over {r['episodes']} episodes",
+            "reason": ("" if hn is None else f"{hn:.0f}% human-normalized · ")
+                      + f"by {r['source'] or '-'} in {(r['wall_s'] or 0.0):.0f}s",
+        })  # fmt: skip
     return out
 
 

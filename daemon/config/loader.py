@@ -239,6 +239,9 @@ def _cross_check(
 
         host_memory_bytes = int(psutil.virtual_memory().total)
     _check_algos(ctx, p, root)
+    if p.eval.device not in ("auto", "cpu", "cuda"):
+        raise ctx.err(node_of(root, "eval", "device"), "eval.device",
+                      f"unknown device {p.eval.device!r}", "use auto, cpu or cuda")  # fmt: skip
     if p.metrics.listen is not None:
         try:
             parse_listen(p.metrics.listen)

@@ -84,6 +84,23 @@ class Checks:
 
 
 @dataclass(frozen=True)
+class EvalSettings:
+    """Evals the daemon runs itself (``python -m trainer.evaluate`` as its own process)."""
+
+    every: float | None = _f("duration", None, positive=True, optional=True)
+    episodes: int = _f("int", 10, lo=1)
+    threads: int = _f("int", 1, lo=1)
+    device: str = _f("str", "auto")
+    idle_slot_only: bool = _f("bool", True)
+    timeout: float = _f("duration", 3600.0, positive=True)
+
+
+@dataclass(frozen=True)
+class Reports:
+    keep: int = _f("int", 48, lo=1)
+
+
+@dataclass(frozen=True)
 class Backoff:
     initial: float = _f("duration", 10.0, positive=True)
     factor: float = _f("float", 2.0, lo=1.0)
@@ -186,6 +203,8 @@ class Profile:
     seed: int = _f("int", 0, lo=0)
     game_logs: GameLogs = field(default_factory=GameLogs, metadata=_sec(GameLogs))
     paths: Paths = field(default_factory=Paths, metadata=_sec(Paths))
+    eval: EvalSettings = field(default_factory=EvalSettings, metadata=_sec(EvalSettings))
+    reports: Reports = field(default_factory=Reports, metadata=_sec(Reports))
 
     def level_algo(self, level: Level) -> str:
         """The level's algo, else the profile's (the loader checks all levels agree)."""

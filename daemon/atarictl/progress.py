@@ -1,0 +1,155 @@
+"""``atarictl plot`` and ``atarictl report``: learning curves and the progress report.
+
+Both read the state dir only (episodes.jsonl of each run dir, the store read-only, the profile
+copy): they answer with the daemon down too. The drawing and the report are
+``daemon/reporting``'s, the same code the daemon's report check runs as its own process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.atarictl.client import CtlError
+from daemon.atarictl.names import resolve_games
+
+
+class PlotUsage(CtlError):
+    exit_code = 2
+
+
+def add_parsers(sub: Any, parents: list[Any], duration: Any) -> None:
+    """Registered by daemon/atarictl/cli.py."""
+    p = sub.add_parser("plot", parents=parents, help="learning curves, one panel per game")
+    p.add_argument("games", nargs="*", metavar="GAME", help="only these games (default all)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("atari-curves.png"),
+        metavar="FILE",
+        help="FILE.png or FILE.svg (default ./atari-curves.png)",
+    )
+    p.add_argument(
+        "--since",
+        type=duration,
+        metavar="DURATION",
+        help="only the last DURATION (default: everything)",
+    )
+    r = sub.add_parser("report", parents=parents, help="the latest progress report, or a new one")
+    r.add_argument("--now", action="store_true", help="make a new report first")
+    r.add_argument("--html", action="store_true", help="print the HTML file's path, not the text")
+
+
+def cmd_plot(ctl: Any) -> int:
+    from daemon.reporting.data import connect_ro, game_names, read_history
+    from daemon.reporting.plot import FORMATS, render
+
+    a, paths = ctl.args, ctl.paths
+    if a.out.suffix.lower() not in FORMATS:
+        raise PlotUsage(f"--out {a.out}: the file name must end in .png or .svg", "bad_args")
+    with connect_ro(paths.db) as conn:
+        known = game_names(conn, paths.runs_dir)
+    if not known:
+        raise CtlError(
+            f"nothing to plot: no games in {paths.db} and no run dirs in "
+            f"{paths.runs_dir}; pass --state-dir DIR",
+            "no_data",
+        )
+    games = resolve_games(a.games, known) if a.games else known
+    since = time.time() - a.since if a.since else 0.0
+    t0 = time.monotonic()
+    h = read_history(paths.db, paths.runs_dir, games, since)
+    drawn = render(h, a.out)
+    drawn["seconds"] = time.monotonic() - t0
+    n = sum(g["episodes"] for g in drawn["games"].values())
+    ev = sum(g["evals"] for g in drawn["games"].values())
+    ctl.out(
+        f"wrote {a.out}: {len(games)} game{'s' if len(games) != 1 else ''}, {n:,} episodes, "
+        f"{ev} evals, {drawn['reboots']} reboots, {drawn['level_changes']} level changes "
+        f"({drawn['seconds']:.1f}s)",
+        drawn,
+    )
+    return 0
+
+
+def cmd_report(ctl: Any) -> int:
+    from daemon.reporting.report import make_report, reports
+
+    state = ctl.paths.state_dir
+    have = reports(state)
+    made = None
+    if ctl.args.now or not have:
+        if not ctl.paths.db.is_file() and not ctl.paths.runs_dir.is_dir():
+            raise CtlError(
+                f"no database at {ctl.paths.db} and no runs at {ctl.paths.runs_dir};"
+                " pass --state-dir DIR",
+                "no_database",
+            )
+        made = make_report(state)
+        md = made.markdown
+    else:
+        md = have[-1][1]
+    html = md.with_suffix(".html")
+    data = {
+        "markdown": str(md),
+        "html": str(html),
+        "png": str(md.with_suffix(".png")),
+        "made_now": made is not None,
+        "text": md.read_text(),
+    }
+    ctl.out(str(html) if ctl.args.html else data["text"], data)
+    return 0
+
+
+# ------------------------------------------------------------------ evals in status and models
+
+
+def latest_evals_of(db: Path, games: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest eval of each listed game ({} when there is no evals table yet)."""
+    import sqlite3
+
+    from daemon.reporting.data import latest_evals
+
+    try:
+        rows = latest_evals(db)
+    except sqlite3.Error:
+        return {}
+    return {g: e for g, e in rows.items() if g in games}
+
+
+def with_evals(rows: list[dict[str, Any]], db: Path, runs_dir: Path) -> list[dict[str, Any]]:
+    """Each model row gets ``eval``: the mean of the newest eval of exactly its file (matched by
+    sha256 for the registry's paths, by kind otherwise), and each game with a ``best-eval.pt``
+    gets its row (the best eval score's weights, kept apart from best.pt)."""
+    import json
+    import sqlite3
+
+    from daemon.reporting.data import EVAL_COLUMNS, connect_ro, select
+
+    try:
+        with connect_ro(db) as conn:
+            evals = select(conn, "evals", EVAL_COLUMNS, "ORDER BY id")
+    except sqlite3.Error:
+        evals = []
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in evals:
+        newest[(e["game"], e["model_kind"] or "")] = e
+    out = []
+    for r in rows:
+        e = newest.get((r["game"], r["kind"]))
+        out.append(r | {"eval": None if e is None else e["mean"],
+                        "eval_at": None if e is None else e["at"]})  # fmt: skip
+    kept = sorted(runs_dir.glob("*/best-eval.pt")) if runs_dir.is_dir() else []
+    for path in kept:
+        game = path.parent.name
+        try:
+            info = json.loads((runs_dir / game / "best-eval.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        out.append({"game": game, "kind": "best-eval", "episode": info.get("model_episode"),
+                    "return": None, "eval": info.get("mean"), "eval_at": info.get("at"),
+                    "at": path.stat().st_mtime, "path": str(path),
+                    "source": "run dir"})  # fmt: skip
+    out.sort(key=lambda r: (r["game"], r["kind"]))
+    return out

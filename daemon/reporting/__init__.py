@@ -1,0 +1,1 @@
+"""Learning-curve plots and the periodic report (read-only over the state dir)."""
