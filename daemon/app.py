@@ -57,6 +57,7 @@ def make_level_source(
         profile.autoscaler, store, clock, start_level=profile.start_level,
         boot_id_path=profile.paths.boot_id_file,
     )  # fmt: skip
+    auto.set_levels(profile)
     now = clock.now()
     if boot_id is not None:
         auto.record_boot(now, boot_id=boot_id)

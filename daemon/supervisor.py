@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from daemon.autoscaler.shedding import reading_from
 from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
@@ -260,6 +261,24 @@ class Supervisor:
         for kind, payload in samples.items():
             self.store.add_telemetry(now, kind, payload)
         self.store.prune_telemetry(now - self.profile.telemetry_retention)
+        self._on_pressure(now, samples, pids)
+
+    def _on_pressure(self, now: float, samples: dict[str, dict[str, Any]], pids: list[int]) -> None:
+        """The autoscaler sees every telemetry tick (a level source without ``observe``, a fixed
+        level, does not look): sustained pressure sheds a rung now, not at the next stability
+        check, and at the bottom rung pauses the newest game."""
+        observe = getattr(self.level_source, "observe", None)
+        if observe is None:
+            return
+        reading = reading_from(now, samples.get("pressure"), samples.get("gpu"),
+                               samples.get("process"), pids)  # fmt: skip
+        decision = observe(now, reading)
+        if decision is None:
+            return
+        if decision.trigger == "pause":
+            self.manager.pause_newest(decision.reason)
+        else:
+            self._sync_level(f"autoscaler {decision.trigger}")
 
     def _on_eval(self) -> None:
         if self.evals.enabled:

@@ -565,6 +565,8 @@ def _describe_level(result: Any) -> str:
     line = f"level {level}{since} · {pin}"
     if result.get("source") == "database":
         line = "daemon DOWN: read-only view from the database\n" + line
+    if isinstance(result.get("pressure"), dict):
+        line += "\n" + "\n".join(fmt.level_pressure_lines(result["pressure"]))
     return line
 
 

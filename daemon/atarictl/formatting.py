@@ -113,6 +113,28 @@ def pressure_line(p: dict[str, Any] | None, gpu_sample: dict[str, Any] | None = 
     return " · ".join(parts)
 
 
+def level_pressure_lines(p: dict[str, Any]) -> list[str]:
+    """``atarictl level``: the pressure thresholds in effect, what is over them now, the shed
+    cooldown and the promotion guard's projection (daemon/autoscaler/shedding.py)."""
+    th = p.get("thresholds") or {}
+    shown = " ".join(
+        f"{k}={duration(v) if k.endswith('_after') else v}" for k, v in th.items()
+    )  # fmt: skip
+    lines = [f"pressure thresholds: {shown}"]
+    over = p.get("over") or {}
+    lines.append("pressure now: " + ("; ".join(over.values()) if over else "none over threshold"))
+    until = p.get("shed_cooldown_until")
+    if until:
+        lines.append(f"shed cooldown: no promotion until {timestamp(until)}")
+    proj = p.get("projection")
+    if proj:
+        verdict = "fits" if proj.get("fits") else "does NOT fit: promotion refused"
+        lines.append(f"promotion guard: {proj.get('text')} ({verdict})")
+    else:
+        lines.append("promotion guard: no next level, or nothing measured yet")
+    return lines
+
+
 def format_status(st: dict[str, Any]) -> str:
     now = st["now"]
     lines = []

@@ -25,6 +25,7 @@ from daemon.autoscaler.boots import (
 from daemon.autoscaler.machine import AUTOMATIC_TRIGGERS, LevelModel, build_machine
 from daemon.autoscaler.policy import Facts
 from daemon.autoscaler.repository import AutoscalerRepository, DecisionRow, StoredState
+from daemon.autoscaler.shedding import PressureWatch, Reading, level_sizes
 from daemon.autoscaler.states import is_upward, level_of, state_names, validate_ladder
 from daemon.clock import Clock
 from daemon.config import AutoscalerPolicy, Profile
@@ -79,6 +80,8 @@ class Autoscaler:
         self._failed = 0
         self._pinned: str | None = None
         self._restored = False
+        # Pressure readings, the shed cooldown and the promotion guard (autoscaler/shedding.py).
+        self.watch = PressureWatch(policy.pressure)
         # Decisions the store refused (a full disk): saved, in order, with the next save.
         self._unsaved: list[DecisionRow] = []
         self._saved_stable_since: float | None = None
@@ -155,6 +158,7 @@ class Autoscaler:
             self._pinned = stored.pinned if stored.pinned in states else None
         self._model.arm(self.state)
         self._restored = True
+        self._restore_shed_cooldown()
         log.info(
             "autoscaler restored",
             state=self.state,
@@ -179,7 +183,13 @@ class Autoscaler:
     def prepare_reload(self, profile: Profile) -> tuple[Callable[[], None], list[str]]:
         """The ``LevelSource`` verb: the profile's autoscaler section, checked, and its commit.
         The decision row of the commit says what moved, so the reply lists no change of its own."""
-        return self.prepare_policy(profile.autoscaler), []
+        commit = self.prepare_policy(profile.autoscaler)
+
+        def commit_all() -> None:
+            commit()
+            self.set_levels(profile)
+
+        return commit_all, []
 
     def prepare_policy(
         self, policy: AutoscalerPolicy, now: float | None = None
@@ -206,6 +216,7 @@ class Autoscaler:
     ) -> None:  # fmt: skip
         now = self.clock.now() if now is None else now
         self.policy, self._model, self._machine = policy, model, machine
+        self.watch.policy = policy.pressure
         self._model.arm(target)  # a fresh machine does not enter its initial state either
         if target != old:
             self._entered_at = now
@@ -250,7 +261,7 @@ class Autoscaler:
             source = self.state
             if trigger not in available:
                 continue  # no such edge here, e.g. promote at the top rung
-            if not getattr(self._model, trigger)(facts=facts, now=now):
+            if not getattr(self._model, trigger)(facts=facts, now=now, watch=self.watch):
                 continue
             dest = self.state
             if trigger == "fall_back":
@@ -260,15 +271,105 @@ class Autoscaler:
                     f"; cooldown {guards.fmt_duration(self._cooldown_s)} "
                     f"(failed promotions: {self._failed})"
                 )
+            elif trigger == "shed":
+                reason = self._shed_reason(facts, source, dest, now)
             elif trigger == "recover":
                 reason = guards.reason_recover(facts, self.policy, now, dest)
             else:
                 reason = guards.reason_promote(facts, self.policy, now, dest)
             self._entered_at = now
             return self._decide("level", trigger, source, dest, now, reason)
+        self._note_refused_promotion(facts, now)
         if guards.stable_since(facts, self.policy, now) != self._saved_stable_since:
             self._save(now, None)  # only when it moved: each commit is an fsync
         return None
+
+    # -- pressure (autoscaler/shedding.py) --------------------------------------------------------
+    def set_levels(self, profile: Profile) -> None:
+        """The levels' estimated sizes, which the promotion guard scales measurements by."""
+        self.watch.sizes = level_sizes(profile)
+
+    def observe(self, now: float, reading: Reading) -> Decision | None:
+        """One telemetry tick (the supervisor calls it after sampling): sustained pressure sheds
+        a rung at once, without waiting for the stability check; at the bottom rung it asks the
+        supervisor to pause the newest game (a ``pause`` decision, the level stays)."""
+        self._require_restored()
+        self.watch.add(reading)
+        facts = self.facts(now)
+        if guards.is_pinned(facts):
+            return None
+        source = self.state
+        if "shed" in self._machine.get_triggers(source) and self._model.shed(
+            facts=facts, now=now, watch=self.watch
+        ):
+            reason = self._shed_reason(facts, source, self.state, now)
+            self._entered_at = now
+            return self._decide("level", "shed", source, self.state, now, reason)
+        if level_of(source, self.policy.fallback_level) != self.policy.ladder[0]:
+            return None
+        p = self.policy.pressure
+        since = max(facts.entered_at, self.watch.paused_at or facts.entered_at)
+        found = self.watch.pressure(now, since, p.pause_after)
+        if found is None:
+            return None
+        self.watch.paused_at = now
+        reason = (
+            f"pause: {found.detail} for {guards.fmt_duration(found.lasted_s)} at the bottom rung "
+            f"{self.current_level()} >= pause_after={guards.fmt_duration(p.pause_after)}; the "
+            "newest game is checkpointed and requeued rather than let the kernel pick a victim"
+        )
+        return self._decide("level", "pause", source, source, now, reason)
+
+    def _shed_reason(self, facts: Facts, source: str, dest: str, now: float) -> str:
+        """A shed counts like a failed promotion: the cooldown grows, and no promotion before
+        it ends, so a box that sheds at medium every time settles at light."""
+        found = self.watch.pressure(now, facts.entered_at)
+        assert found is not None  # the guard just saw it
+        self._cooldown_s, self._failed = guards.next_cooldown(facts, self.policy)
+        self.watch.shed_until = now + self._cooldown_s
+        return (
+            f"shed: {found.reason(self.policy.pressure)}; {source} -> {dest}; counts as a failed"
+            f" promotion: no promotion for {guards.fmt_duration(self._cooldown_s)} (failed "
+            f"promotions: {self._failed})"
+        )
+
+    def _promote_dest(self) -> str | None:
+        for t in self._machine.get_transitions("promote", source=self.state):
+            return str(t.dest)
+        return None
+
+    def _note_refused_promotion(self, facts: Facts, now: float) -> None:
+        """A promotion that is due but blocked by the guard or a shed's cooldown is a decision
+        too (with the projection and the headroom), written at most once per promote_after."""
+        dest = self._promote_dest()
+        if dest is None or guards.is_pinned(facts) or guards.is_unstable(facts, self.policy, now):
+            return
+        if not guards.has_been_stable(facts, self.policy, now):
+            return
+        if now < self.watch.shed_until:
+            why = (f"promote refused: a shed's cooldown runs until "
+                   f"{guards.fmt_duration(self.watch.shed_until - now)} from now")  # fmt: skip
+        else:
+            proj = self.watch.projection(self.state, dest)
+            if proj is None or proj.fits or not self.policy.pressure.guard:
+                return
+            reserve = self.policy.pressure.guard_reserve_pct
+            why = (f"promote refused: {proj.text()}: does not fit (guard_reserve_pct="
+                   f"{reserve:g}%); staying at {self.state}")  # fmt: skip
+        last = self.watch.refused_at
+        if last is not None and now - last < self.policy.promote_after:
+            return
+        self.watch.refused_at = now
+        self._save(now, self._row("level", self.state, self.state, now, why))
+        log.warning(why, state=self.state)
+
+    def _restore_shed_cooldown(self) -> None:
+        """After a daemon restart a shed's cooldown still holds: its end is the last shed
+        decision's time plus the stored cooldown."""
+        for d in reversed(self.repo.decisions(limit=RECENT * 5)):
+            if d.kind == "level" and d.reason.startswith("shed:"):
+                self.watch.shed_until = d.at + self._cooldown_s
+                return
 
     # -- operator override ----------------------------------------------------------------------
     def pin(self, level: str, now: float | None = None, *, source: str = "operator") -> Decision:
@@ -314,6 +415,7 @@ class Autoscaler:
             "next_decision_at": guards.next_review_at(facts, self.policy, now),
             "reboots_last_hour": sum(1 for t in self.repo.reboot_times(now - 3600) if t <= now),
             "unstable": guards.is_unstable(facts, self.policy, now),
+            "pressure": self.watch.status(self.state, self._promote_dest(), now),
         }
 
     # -- control commands (run in the supervisor's loop; PinError is a bad_request reply) --------

@@ -18,7 +18,7 @@ from daemon.autoscaler.states import FALLBACK, level_of, state_names
 from daemon.config import AutoscalerPolicy
 
 # Automatic moves, tried in this order by one stability check; the first that fires ends the check.
-AUTOMATIC_TRIGGERS = ("fall_back", "recover", "promote")
+AUTOMATIC_TRIGGERS = ("fall_back", "shed", "recover", "promote")
 
 
 def transition_table(ladder: Sequence[str]) -> list[dict[str, Any]]:
@@ -30,10 +30,22 @@ def transition_table(ladder: Sequence[str]) -> list[dict[str, Any]]:
             "source": lower,
             "dest": upper,
             "conditions": ["has_been_stable"],
-            "unless": ["is_pinned", "is_unstable"],
+            "unless": ["is_pinned", "is_unstable", "is_promotion_blocked"],
         }
         for lower, upper in itertools.pairwise(rungs)
     ]
+    # Sustained pressure (autoscaler/shedding.py) steps down one rung at once; the bottom rung
+    # has no shed edge: there the autoscaler pauses the newest game instead.
+    table.extend(
+        {
+            "trigger": "shed",
+            "source": upper,
+            "dest": lower,
+            "conditions": ["is_under_pressure"],
+            "unless": ["is_pinned"],
+        }
+        for lower, upper in itertools.pairwise(rungs)
+    )
     table.append(
         {
             "trigger": "fall_back",
@@ -81,6 +93,20 @@ class LevelModel:
 
     def has_cooldown_elapsed(self, event: EventData) -> bool:
         return guards.has_cooldown_elapsed(event.kwargs["facts"], self.policy, event.kwargs["now"])
+
+    def is_under_pressure(self, event: EventData) -> bool:
+        watch, facts = event.kwargs.get("watch"), event.kwargs["facts"]
+        # Only the level's own readings: a shed or promotion starts the count again.
+        return watch is not None and bool(watch.pressure(event.kwargs["now"], facts.entered_at))
+
+    def is_promotion_blocked(self, event: EventData) -> bool:
+        """A recent shed's cooldown, or the guard: the next rung's projected footprint does not
+        fit (autoscaler/shedding.py)."""
+        watch = event.kwargs.get("watch")
+        assert event.transition is not None
+        return watch is not None and watch.blocks_promotion(
+            event.transition.source, event.transition.dest, event.kwargs["now"]
+        )
 
     def is_pin_target(self, event: EventData) -> bool:
         assert event.transition is not None

@@ -26,6 +26,7 @@ from daemon.config.schema import (
     GameTarget,
     Level,
     Paths,
+    PressurePolicy,
     Profile,
     documented_fields,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "GameTarget",
     "Level",
     "Paths",
+    "PressurePolicy",
     "Profile",
     "ProfileError",
     "documented_fields",

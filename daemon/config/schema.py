@@ -42,8 +42,10 @@ def _f(
     positive: bool = False,
     optional: bool = False,
     doc: str = "",
+    hi: float | None = None,
 ) -> Any:
-    meta = {"kind": kind, "lo": lo, "positive": positive, "optional": optional, "doc": doc}
+    meta = {"kind": kind, "lo": lo, "positive": positive, "optional": optional, "doc": doc,
+            "hi": hi}  # fmt: skip
     if isinstance(default, list | dict):
         raise TypeError("mutable default")
     return field(default=default, metadata=meta)
@@ -60,6 +62,21 @@ class CrashStorm:
 
 
 @dataclass(frozen=True)
+class PressurePolicy:
+    """When sustained pressure sheds a rung, and the promotion guard (docs/autoscaler.md)."""
+
+    shed_after: float = _f("duration", 120.0, positive=True)
+    memory_psi_full_pct: float = _f("float", 10.0, positive=True, hi=100.0)
+    mem_available_min_pct: float = _f("float", 5.0, lo=0.0, hi=100.0)
+    gpu_memory_max_pct: float = _f("float", 95.0, positive=True, hi=100.0)
+    gpu_power_limit_pct: float = _f("float", 98.0, positive=True, hi=100.0)
+    gpu_throttle: bool = _f("bool", True)
+    pause_after: float = _f("duration", 600.0, positive=True)
+    guard: bool = _f("bool", True)
+    guard_reserve_pct: float = _f("float", 10.0, lo=0.0, hi=90.0)
+
+
+@dataclass(frozen=True)
 class AutoscalerPolicy:
     """What the autoscaler consumes; durations are float seconds."""
 
@@ -73,6 +90,7 @@ class AutoscalerPolicy:
     cooldown_max: float = _f("duration", 57600.0, positive=True)
     stable_reset_after: float = _f("duration", 86400.0, positive=True)
     pinned: str | None = _f("str", None, optional=True)
+    pressure: PressurePolicy = field(default_factory=PressurePolicy, metadata=_sec(PressurePolicy))
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def _convert(ctx: Ctx, f: dataclasses.Field[Any], node: yaml.Node, name: str) ->
             out.append(str(v))
         return tuple(out)
     value = scalar(ctx, node, name)
-    bounds = {"lo": meta["lo"], "positive": meta["positive"]}
+    bounds = {"lo": meta["lo"], "positive": meta["positive"], "hi": meta.get("hi")}
     if value is None:
         if meta["optional"]:
             return None
@@ -200,6 +200,7 @@ def check_number(
     *,
     lo: float | None = None,
     positive: bool = False,
+    hi: float | None = None,
 ) -> float | int:
     """The one range check every number goes through: finite first, then the cap, then the
     field's own bounds (``positive``, ``lo``, from its schema metadata)."""
@@ -215,6 +216,8 @@ def check_number(
         raise ctx.err(node, name, f"must be positive, got {v:g}", "use a value > 0")
     if lo is not None and v < lo:
         raise ctx.err(node, name, f"must be >= {lo:g}, got {v:g}", f"use a value >= {lo:g}")
+    if hi is not None and v > hi:
+        raise ctx.err(node, name, f"must be <= {hi:g}, got {v:g}", f"use a value <= {hi:g}")
     return v
 
 

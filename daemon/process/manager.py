@@ -93,6 +93,9 @@ class ProcessManager:
             g.name: Game(g.name, g.target, i) for i, g in enumerate(profile.games)
         }
         self.models = ModelRegistry(store)
+        # Slots the autoscaler took back at the bottom rung under pressure (``pause_newest``);
+        # a level change gives them back.
+        self.paused_slots = 0
 
     # ------------------------------------------------------------------ paths and records
 
@@ -401,7 +404,21 @@ class ProcessManager:
 
     def free_slots(self) -> int:
         used = sum(1 for g in self.games.values() if g.state in ACTIVE)
-        return max(0, self.profile.level(self.level).games - used)
+        return max(0, self.profile.level(self.level).games - self.paused_slots - used)
+
+    def pause_newest(self, reason: str) -> str | None:
+        """Sustained pressure at the bottom rung: stop the most recently started trainer
+        (SIGTERM, it checkpoints), requeue it and take its slot away until the next level change,
+        so the kernel's OOM killer never picks the victim. One trainer keeps running."""
+        live = [g for g in self.games.values() if g.state in (State.STARTING, State.RUNNING)]
+        if len(live) <= 1:
+            log.warning("pressure at the bottom rung with one trainer left: nothing paused",
+                        reason=reason)  # fmt: skip
+            return None
+        newest = max(live, key=lambda g: (g.started_mono or 0.0, g.index))
+        self.paused_slots += 1
+        self._stop(newest, After.QUEUED, f"paused under pressure ({reason})")
+        return newest.name
 
     def _fill_slots(self) -> None:
         if self.draining:
@@ -458,6 +475,7 @@ class ProcessManager:
         Returns how many were stopped. A demotion is logged at warning, a promotion at info."""
         old, self.level = self.level, level
         self.epoch += 1
+        self.paused_slots = 0
         stopping = [g for g in self.games.values() if g.state in (State.STARTING, State.RUNNING)]
         (log.warning if demotion else log.info)(
             "level change: games restart with the new level's settings",

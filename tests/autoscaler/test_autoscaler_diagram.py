@@ -24,7 +24,9 @@ def test_diagram_has_every_state_and_automatic_edge() -> None:
         "fallback --> light: recover",
     ):
         assert edge in text, edge
-    assert "heavy --> medium: pin" in text
+    # One rung down is a shed edge (sustained pressure) besides the pin.
+    assert "heavy --> medium: shed [is_under_pressure & !is_pinned] | pin" in text
+    assert "medium --> light: shed" in text and "light --> fallback: fall_back" in text
 
 
 def test_write_refreshes_a_stale_copy(tmp_path: Path) -> None:
