@@ -31,8 +31,8 @@ from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
 from daemon.evals import Evals
 from daemon.level_source import Command, LevelSource
-from daemon.pressure import PressureProbe
 from daemon.placement import gpus_from_sample
+from daemon.pressure import PressureProbe
 from daemon.process import ProcessManager
 from daemon.reload import check_levels, settings_changed
 from daemon.sdnotify import Notifier
