@@ -11,6 +11,8 @@ Standard library only at import: atarictl loads it without the daemon's packages
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +36,70 @@ class GameRow:
     avg100: float | None
     checkpoint_age_s: float | None
     reason: str = ""
+    # What the rate stands on (``episode_rate``): too few episodes make the ETA rough ("~2d").
+    rate_episodes: int | None = None
+    rate_window_s: float | None = None
+    eta_rough: bool = False
+
+
+# The episode rate behind EPS/H and every ETA: the episodes a game finished in its last
+# RATE_WINDOW_S seconds of running time (its trainer runs, from the runs table; time queued,
+# stopped or with the daemon down does not count), counted in its episodes.jsonl. A window with
+# fewer than RATE_MIN_EPISODES episodes is doubled, up to RATE_MAX_WINDOW_S, for a slow game;
+# still fewer: the rate is rough and so is the ETA, shown as "~2d" (docs/cli.md).
+RATE_WINDOW_S = 1800.0
+RATE_MAX_WINDOW_S = 6 * 3600.0
+RATE_MIN_EPISODES = 20
+
+
+@dataclass(frozen=True)
+class Rate:
+    per_hour: float | None  # None: no episode in the window (or no running time yet)
+    episodes: int  # episodes behind it
+    window_s: float  # running time behind it (less than RATE_WINDOW_S for a young game)
+
+    @property
+    def rough(self) -> bool:
+        return self.episodes < RATE_MIN_EPISODES
+
+
+def running_window(
+    spans: list[tuple[float, float | None]], now: float, window: float = RATE_WINDOW_S
+) -> list[tuple[float, float]]:
+    """The last ``window`` seconds of a game's running time as wall-clock pieces, newest first.
+    ``spans`` are its trainer runs (start, end or None while it runs)."""
+    out: list[tuple[float, float]] = []
+    left = window
+    for start, end in sorted(spans, key=lambda x: x[0], reverse=True):
+        stop = now if end is None else min(end, now)
+        if stop <= start:
+            continue
+        take = min(left, stop - start)
+        out.append((stop - take, stop))
+        left -= take
+        if left <= 0:
+            break
+    return out
+
+
+def episode_rate(
+    spans: list[tuple[float, float | None]], count: Callable[[float, float], int] | None,
+    now: float,
+) -> Rate:  # fmt: skip
+    """Episodes per hour over the game's last RATE_WINDOW_S of running time (widened for a
+    slow game, see above). ``count(a, b)`` says how many episodes finished in (a, b]
+    (``daemon/episode_log.py``); None: no log."""
+    window, ran, n = RATE_WINDOW_S, 0.0, 0
+    while True:
+        pieces = running_window(spans, now, window)
+        ran = sum(b - a for a, b in pieces)
+        if count is None or ran <= 0:
+            return Rate(None, 0, ran)
+        n = sum(count(a, b) for a, b in pieces)
+        # Enough episodes, the widest window, or no more running time to widen into.
+        if n >= RATE_MIN_EPISODES or window >= RATE_MAX_WINDOW_S or ran < window:
+            return Rate(n / ran * 3600.0 if n else None, n, ran)
+        window = min(2 * window, RATE_MAX_WINDOW_S)
 
 
 @dataclass(frozen=True)
@@ -58,6 +124,7 @@ class Status:
     total_eta_s: float | None
     gpu_cost_per_hour: float | None
     projected_cost: float | None
+    total_eta_rough: bool = False  # some planned game's ETA stands on too few episodes
     # Live only: the autoscaler's own view, the one-line summary and per-state counts.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,9 +142,12 @@ def game_row(
     *, game: str, state: str, target: int | None, now: float, pid: int | None = None,
     started_at: float | None = None, episodes: Any = 0, episodes_per_hour: Any = None,
     best: Any = None, avg100: Any = None, last_checkpoint_time: Any = None, reason: str = "",
+    rate_of: Rate | None = None,
 ) -> GameRow:  # fmt: skip
+    """One game's row. ``rate_of`` (``episode_rate``) is the rate the daemon and the offline
+    read both use; ``episodes_per_hour`` is taken as it is only when no rate was measured."""
     episodes = int(episodes) if isinstance(episodes, int) else 0
-    rate = _num(episodes_per_hour)
+    rate = _num(episodes_per_hour) if rate_of is None else rate_of.per_hour
     work = None
     if target is not None and rate and state not in _FINISHED:
         work = max(0, target - episodes) / rate * 3600.0
@@ -89,6 +159,9 @@ def game_row(
         eta_s=work if state == "RUNNING" else None, work_left_s=work,
         best=_num(best), avg100=_num(avg100),
         checkpoint_age_s=now - ckpt if ckpt else None, reason=reason,
+        rate_episodes=None if rate_of is None else rate_of.episodes,
+        rate_window_s=None if rate_of is None else rate_of.window_s,
+        eta_rough=work is not None and rate_of is not None and rate_of.rough,
     )  # fmt: skip
 
 
@@ -113,16 +186,21 @@ def projected_cost(eta_s: float | None, cost_per_hour: float | None) -> float | 
     return eta_s / 3600.0 * cost_per_hour
 
 
-def next_move(level: str | None, ladder: list[str], pinned: str | None) -> str:
-    """What the autoscaler's next review may do, from its ladder and pin (daemon side only)."""
-    from daemon.autoscaler.states import next_rung  # the ladder's one definition of "up"
-
-    if pinned:
-        return f"none while pinned at {pinned}"
-    if not ladder:
-        return "stability check"
-    up = next_rung(ladder, level) if level is not None else None
-    return f"promote to {up} if stable" if up else "stability review (top of the ladder)"
+def decision_time(
+    due: float | None, now: float, next_check: float | None, interval: float
+) -> float | None:
+    """When a move that becomes due at ``due`` is made: the first stability check at or after
+    it (checks every ``interval`` s, the next at ``next_check``). Never in the past: None when
+    there is no move, or no scheduler to say when the check runs."""
+    if due is None:
+        return None
+    if next_check is None:
+        return due if due > now else None
+    while next_check <= now:  # a check that is running right now: the one after it
+        next_check += interval
+    if due <= next_check:
+        return next_check
+    return next_check + math.ceil((due - next_check) / interval) * interval
 
 
 def build(
@@ -132,11 +210,13 @@ def build(
     games: list[GameRow], gpu_cost_per_hour: float | None, extra: dict[str, Any] | None = None,
 ) -> Status:  # fmt: skip
     eta = total_eta(games, slots)
+    rough = eta is not None and any(g.eta_rough for g in games if g.state not in _NOT_PLANNED)
     return Status(
         source=source, now=now, daemon=daemon, level=level, level_entered_at=level_entered_at,
         pinned=pinned or None, boots_last_hour=boots_last_hour, next_decision=next_decision,
         gpu=gpu, slots=slots, games=games, total_eta_s=eta, gpu_cost_per_hour=gpu_cost_per_hour,
         projected_cost=projected_cost(eta, gpu_cost_per_hour), extra=dict(extra or {}),
+        total_eta_rough=rough,
     )  # fmt: skip
 
 

@@ -29,18 +29,27 @@ from daemon.autoscaler.shedding import reading_from
 from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
+from daemon.episode_log import episode_counter
 from daemon.evals import Evals
-from daemon.level_source import Command, LevelSource
-from daemon.placement import gpus_from_sample
+from daemon.level_source import Command, LevelSource, Load
 from daemon.pressure import PressureProbe
-from daemon.process import ProcessManager
+from daemon.process import After, ProcessManager, State
 from daemon.reload import check_levels, settings_changed
 from daemon.sdnotify import Notifier
 from daemon.side_jobs import SideJobs
-from daemon.status import GameRow, NextDecision, game_row, next_move, normalize_gpu
+from daemon.status import (
+    GameRow,
+    NextDecision,
+    Rate,
+    decision_time,
+    episode_rate,
+    game_row,
+    normalize_gpu,
+)
 from daemon.status import build as build_status
-from daemon.store import Store
+from daemon.store import Store, StoreError
 from daemon.telemetry import GpuProbe, ProcessProbe, host_sample
+from daemon.top import build as build_top
 
 log = structlog.get_logger("daemon.supervisor")
 
@@ -98,9 +107,6 @@ class Supervisor:
         self.manager, self.level_source = manager, level_source
         self.notifier = notifier or Notifier(address="")
         self.gpu = gpu
-        if gpu is not None:
-            # Placement asks NVML at each start: a new trainer goes where memory is free now.
-            manager.gpus = lambda: gpus_from_sample(gpu.sample())
         self.procs = ProcessProbe()
         self.pressure = pressure if pressure is not None else PressureProbe()
         self.last_pressure: dict[str, Any] | None = None
@@ -120,6 +126,7 @@ class Supervisor:
         self._exit_lock = threading.Lock()
         self.exit_code = 0
         self.last_gpu: dict[str, Any] | None = None
+        self.last_samples: tuple[float, dict[str, dict[str, Any]]] | None = None
         # Evals and reports run as side jobs (own processes), started and polled by this loop.
         self.side_jobs = SideJobs(clock)
         self.evals = Evals(profile.eval, manager.runs_dir, store, clock, self.side_jobs)
@@ -131,8 +138,10 @@ class Supervisor:
                          ("stop", self.cmd_stop), ("restart", self.cmd_restart),
                          ("reload", self.cmd_reload), ("shutdown", self.cmd_shutdown)):  # fmt: skip
             self.register_command(name, fn)
+        self.register_command("top", self.cmd_top)
         for name, fn in level_source.commands().items():
             self.register_command(name, fn)
+        level_source.load = self.load  # the autoscaler's load fact comes from the games here
 
     # ------------------------------------------------------------------ thread-safe inputs
 
@@ -265,6 +274,7 @@ class Supervisor:
         for kind, payload in samples.items():
             self.store.add_telemetry(now, kind, payload)
         self.store.prune_telemetry(now - self.profile.telemetry_retention)
+        self.last_samples = (now, samples)  # what `atarictl top` shows
         self._on_pressure(now, samples, pids)
 
     def _on_pressure(self, now: float, samples: dict[str, dict[str, Any]], pids: list[int]) -> None:
@@ -337,6 +347,23 @@ class Supervisor:
         self.manager.outbox.write(f"{kind} decision", lambda: self.store.record_decision(
             now, kind, reason, None, prev, to))  # fmt: skip
 
+    def load(self) -> Load:
+        """What the games ask of the box now: the autoscaler counts a level's time as loaded
+        only while min(its slots, ``wanting``) trainers run (issue 12, item 1)."""
+        idle: dict[str, int] = {}
+        wanting = 0
+        for g in self.manager.games.values():
+            gone = g.name in self.manager.removed
+            held = g.state is State.STOPPING and g.after is After.STOPPED  # an operator stop
+            if gone or held or g.state in (State.DONE, State.FATAL, State.STOPPED):
+                key = "removed" if gone else State.STOPPED.value if held else g.state.value
+                idle[key] = idle.get(key, 0) + 1
+            else:
+                wanting += 1
+        slots = {name: self.profile.level(name).games for name in self.profile.level_names}
+        return Load(slots=slots, wanting=wanting,
+                    idle=", ".join(f"{n} {k}" for k, n in sorted(idle.items())))  # fmt: skip
+
     def status_line(self) -> str:
         c = self.manager.counts()
         running = c["RUNNING"] + c["STARTING"]
@@ -362,8 +389,19 @@ class Supervisor:
                 episodes=p.get("episodes") or 0, episodes_per_hour=p.get("episodes_per_hour"),
                 best=p.get("best_return"), avg100=p.get("avg100"),
                 last_checkpoint_time=p.get("last_checkpoint_time"), reason=g.reason,
+                rate_of=self._rate(g.name, now),
             ))  # fmt: skip
         return rows
+
+    def _rate(self, game: str, now: float) -> Rate:
+        """The smoothed episode rate (``daemon/status.py: episode_rate``), as atarictl's
+        offline read computes it from the same runs table and episodes.jsonl."""
+        try:
+            spans = [(r["started_at"], r["ended_at"]) for r in self.store.runs(game)]
+        except StoreError:
+            spans = []  # no rate this time, rather than no status
+        log = episode_counter(self.manager.run_dir(game))
+        return episode_rate(spans, None if log is None else log.count, now)
 
     # ------------------------------------------------------------------ commands
 
@@ -390,8 +428,12 @@ class Supervisor:
             rows = [r for r in rows if r.game in wanted]
         auto = self.level_source.status(now)
         level = self.manager.level
-        at = auto.get("next_decision_at") or self.next_run("stability")
-        what = next_move(auto.get("state", level), auto.get("ladder") or [], auto.get("pinned"))
+        # A move is made at a stability check: the first one at or after it is due.
+        nd = auto.get("next_decision") or {"what": "stability check", "at": now}
+        what, due = str(nd.get("what")), nd.get("at")
+        at = decision_time(due, now, self.next_run("stability"), self.profile.checks.stability)
+        if at is None and due is not None:
+            what += " (at the next stability check)"
         gpu = normalize_gpu(self.last_gpu) if self.gpu is not None else _NO_GPU
         return build_status(
             source="daemon", now=now, level=level,
@@ -409,6 +451,18 @@ class Supervisor:
                    "pressure": self.last_pressure,  # PSI, memory, swap, OOM kills (pressure.py)
                    "summary": self.status_line(), "counts": self.manager.counts()},
         ).to_dict()  # fmt: skip
+
+    def cmd_top(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The newest telemetry samples, per trainer and for the host (``atarictl top``)."""
+        at, samples = self.last_samples or (None, {})
+        live = [g for g in self.manager.games.values() if g.proc is not None]
+        return build_top(
+            source="daemon", now=self.clock.now(), sampled_at=at, host=samples.get("host"),
+            processes=samples.get("process"), gpu=samples.get("gpu"),
+            games={g.proc.pid: g.name for g in live if g.proc is not None},
+            daemon_pid=os.getpid(),
+            states={g.name: g.state.value for g in self.manager.games.values()},
+        )  # fmt: skip
 
     def cmd_start(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"games": self.manager.start(self._names(args))}

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     pin = lv_sub.add_parser("pin", parents=[js], help="hold the level at NAME")
     pin.add_argument("name", metavar="NAME")
     lv_sub.add_parser("unpin", parents=[js], help="let the autoscaler decide again")
+    sub.add_parser(
+        "top", parents=[js], help="per-trainer CPU, RSS and GPU memory, and the host's load"
+    )
     h = sub.add_parser("history", parents=[js], help="boots, level changes, runs and decisions")
     h.add_argument(
         "--since",
@@ -382,6 +385,25 @@ class Ctl:
         return EXIT_OK
 
     # history / models ---------------------------------------------------------------------------
+
+    def cmd_top(self) -> int:
+        """The daemon's newest telemetry samples; from the database when it is down."""
+        try:
+            data = self.client.call("top", {})
+            code = EXIT_OK
+        except DaemonUnreachable as down:
+            from daemon.atarictl.offline import NoDatabase, offline_top
+
+            try:
+                data = offline_top(self.paths.db, time.time())
+            except NoDatabase:
+                raise DaemonUnreachable(
+                    f"{down}; and no database at {self.paths.db} to read instead", down.code
+                ) from None
+            data["db"] = str(self.paths.db)
+            code = EXIT_NOT_RUNNING
+        self.out(fmt.format_top(data), data)
+        return code
 
     def cmd_history(self) -> int:
         from daemon.atarictl.offline import HISTORY_KINDS, history

@@ -39,6 +39,21 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def rough(seconds: float | None) -> str:
+    """An estimate that stands on few episodes, in its largest unit: `~40s`, `~12m`, `~2d`."""
+    if seconds is None or (isinstance(seconds, float) and not math.isfinite(seconds)):
+        return "-"
+    s = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"~{round(s / size)}{unit}"
+    return f"~{round(s)}s"
+
+
+def eta(seconds: float | None, is_rough: bool | None) -> str:
+    return rough(seconds) if is_rough else duration(seconds)
+
+
 def timestamp(t: float | None) -> str:
     if t is None:
         return "-"
@@ -177,7 +192,7 @@ def format_status(st: dict[str, Any]) -> str:
                 duration(g["uptime_s"]),
                 f"{g['episodes']}/{target}",
                 number(g["episodes_per_hour"], 0),
-                duration(g["eta_s"]),
+                eta(g["eta_s"], g.get("eta_rough")),
                 number(g["best"], 1),
                 number(g["avg100"], 1),
                 duration(g["checkpoint_age_s"]),
@@ -185,7 +200,7 @@ def format_status(st: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(table(GAME_COLUMNS, rows) if rows else "(no games)")
-    tail = f"total ETA {duration(st['total_eta_s'])}"
+    tail = f"total ETA {eta(st['total_eta_s'], st.get('total_eta_rough'))}"
     if st["gpu_cost_per_hour"] is not None:
         cost = st["projected_cost"]
         tail += " · projected cost " + (
@@ -212,6 +227,47 @@ def format_history(rows: list[dict[str, Any]]) -> str:
             for r in rows
         ],
     )
+
+
+def _mib(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"
+
+
+def format_top(t: dict[str, Any]) -> str:
+    """``daemon/top.py``'s shape: the host, the GPUs, then one line per trainer and the daemon."""
+    now, lines = t["now"], []
+    if t["source"] != "daemon":
+        lines.append(f"daemon DOWN: last samples from the database {t.get('db', '')}")
+    at = t.get("sampled_at")
+    h = t["host"]
+    mem = "-" if h["mem_used_mib"] is None else f"{h['mem_used_mib'] / 1024:.1f}"
+    if h["mem_total_mib"] is not None:
+        mem += f"/{h['mem_total_mib'] / 1024:.1f} GiB"
+    lines.append(
+        f"host: load {number(h['load1'], 2)} · cpu {number(h['cpu_pct'], 0)}% · mem {mem} · "
+        + ("no sample yet" if at is None else f"sampled {duration(now - at)} ago")
+    )
+    if t["gpus"] is None:
+        lines.append("gpu: " + ("unknown (no sample)" if t["source"] == "daemon" else "-"))
+    elif not t["gpus"]:
+        lines.append(f"gpu: {t.get('gpu_reason') or 'no GPU'}")
+    for g in t["gpus"] or []:
+        used, total = g["mem_used_mib"], g["mem_total_mib"]
+        lines.append(f"gpu{g['index']} {g['name']}: {number(g['util_pct'], 0)}% util, "
+                     f"{_mib(used)}/{_mib(total)}")  # fmt: skip
+    rows = [
+        [r["game"], str(r["pid"]), r.get("state") or "-", number(r["cpu_pct"], 1),
+         _mib(r["rss_mib"]), _mib(r["gpu_mem_mib"])]
+        for r in t["processes"]
+    ]  # fmt: skip
+    lines.append("")
+    lines.append(
+        table(("GAME", "PID", "STATE", "CPU%", "RSS", "GPU MEM"), rows)
+        if rows else "(no process samples yet)"
+    )  # fmt: skip
+    return "\n".join(lines)
 
 
 def format_models(rows: list[dict[str, Any]], now: float) -> str:

@@ -17,7 +17,9 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import CtlError
-from daemon.status import build, game_row
+from daemon.episode_log import episode_counter
+from daemon.status import NextDecision, Rate, build, episode_rate, game_row
+from daemon.top import build as build_top
 
 HISTORY_KINDS = ("boots", "levels", "runs", "decisions", "evals")
 
@@ -94,8 +96,13 @@ def daemon_info(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict[str, Any]:
-    """``daemon/status.py``'s shape from the tables (no GPU, no next decision, no slots)."""
+def offline_status(
+    db: Path, now: float, games: list[str] | None = None, runs_dir: Path | None = None
+) -> dict[str, Any]:
+    """``daemon/status.py``'s shape from the tables (no GPU, no next decision, no slots); the
+    episode rate from the runs table and each run dir's episodes.jsonl (``runs_dir``, default
+    the state dir's ``runs/``), by the daemon's own formula."""
+    runs_dir = db.parent / "runs" if runs_dir is None else runs_dir
     with connect_ro(db) as conn:
         level = _select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
         # Reboots only, as the daemon and the autoscaler count them (the first boot is none).
@@ -123,6 +130,11 @@ def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict
             "ORDER BY name",
         )
         info = daemon_info(conn)
+        spans: dict[str, list[tuple[float, float | None]]] = {}
+        for r in _select(conn, "runs", ("game", "started_at", "ended_at"), "ORDER BY id"):
+            # A run still open here ended with the daemon, at its last sign of life at most.
+            end = r["ended_at"] if r["ended_at"] is not None else info.get("last_heartbeat")
+            spans.setdefault(r["game"], []).append((r["started_at"], end))
     lv = level[0] if level else {}
     if games:
         rows = [r for r in rows if r["name"] in games]
@@ -138,17 +150,45 @@ def offline_status(db: Path, now: float, games: list[str] | None = None) -> dict
             best=r["best_return"],
             avg100=r["avg100"],
             last_checkpoint_time=r["last_checkpoint_time"],
+            rate_of=_rate(spans.get(r["name"], []), runs_dir / r["name"], now),
         )
         for r in rows
     ]
     return build(
         source="database", now=now, daemon=info, level=lv.get("state"),
         level_entered_at=lv.get("entered_at"), pinned=lv.get("pinned"),
-        boots_last_hour=len(boots), next_decision=None, gpu=None,
+        boots_last_hour=len(boots), gpu=None,
+        next_decision=NextDecision("none: the daemon is down (it decides nothing)", None),
         # Not in the database: the level's slots and the cost are the profile's (the total
         # ETA then assumes every pending game runs at once, and no cost is projected).
         slots=None, games=game_rows, gpu_cost_per_hour=None,
     ).to_dict()  # fmt: skip
+
+
+def _rate(spans: list[tuple[float, float | None]], run_dir: Path, now: float) -> Rate:
+    log = episode_counter(run_dir)
+    return episode_rate(spans, None if log is None else log.count, now)
+
+
+def offline_top(db: Path, now: float) -> dict[str, Any]:
+    """``daemon/top.py``'s shape from the newest telemetry rows: what the daemon last sampled,
+    trainer pids named by the runs table, the daemon's by its last daemon run."""
+    with connect_ro(db) as conn:
+        samples: dict[str, Any] = {}
+        at: float | None = None
+        for kind in ("host", "process", "gpu"):
+            rows = _select(conn, "telemetry", ("at", "payload"),
+                           "WHERE kind = ? ORDER BY at DESC LIMIT 1", (kind,))  # fmt: skip
+            if rows and rows[0]["payload"]:
+                with contextlib.suppress(ValueError, TypeError):
+                    samples[kind] = json.loads(rows[0]["payload"])
+                    at = max(at or 0.0, rows[0]["at"])
+        # Newest run last: a reused pid is named by its latest run.
+        games = {r["pid"]: r["game"] for r in _select(conn, "runs", ("pid", "game"), "ORDER BY id")}
+        info = daemon_info(conn)
+    return build_top(source="database", now=now, sampled_at=at, host=samples.get("host"),
+                     processes=samples.get("process"), gpu=samples.get("gpu"), games=games,
+                     daemon_pid=info.get("pid"))  # fmt: skip
 
 
 def known_games(db: Path) -> list[str]:

@@ -26,9 +26,16 @@ from daemon.autoscaler.machine import AUTOMATIC_TRIGGERS, LevelModel, build_mach
 from daemon.autoscaler.policy import Facts
 from daemon.autoscaler.repository import AutoscalerRepository, DecisionRow, StoredState
 from daemon.autoscaler.shedding import PressureWatch, Reading, level_sizes
-from daemon.autoscaler.states import is_upward, level_of, state_names, validate_ladder
+from daemon.autoscaler.states import (
+    is_upward,
+    level_of,
+    next_rung,
+    state_names,
+    validate_ladder,
+)
 from daemon.clock import Clock
 from daemon.config import AutoscalerPolicy, Profile
+from daemon.level_source import Load
 from daemon.store import StoreError
 
 RECENT = 10  # decisions shown by ``atarictl level``
@@ -85,6 +92,9 @@ class Autoscaler:
         # Decisions the store refused (a full disk): saved, in order, with the next save.
         self._unsaved: list[DecisionRow] = []
         self._saved_stable_since: float | None = None
+        # The supervisor sets this once it exists (``LevelSource.load``); until then the load
+        # is unknown and nothing is promoted (the check at daemon start only falls back).
+        self.load: Callable[[], Load | None] = lambda: None
 
     # -- LevelSource ----------------------------------------------------------------------------
     def current_level(self) -> str:
@@ -231,6 +241,8 @@ class Autoscaler:
     # -- the stability check --------------------------------------------------------------------
     def facts(self, now: float) -> Facts:
         since = min(self._entered_at, now - max(self.policy.window, self.policy.crash_storm.window))
+        load = self.load()
+        level = level_of(self.state, self.policy.fallback_level)
         return Facts(
             state=self.state,
             entered_at=self._entered_at,
@@ -239,6 +251,9 @@ class Autoscaler:
             cooldown_s=self._cooldown_s,
             failed_promotions=self._failed,
             pinned=self._pinned,
+            demand=None if load is None else load.demand(level),
+            runs=self.repo.run_spans(level, self._entered_at) if load is not None else (),
+            idle="" if load is None else load.idle,
         )
 
     def check(self, now: float | None = None) -> Decision | None:
@@ -403,6 +418,10 @@ class Autoscaler:
         self._require_restored()
         now = self.clock.now() if now is None else now
         facts = self.facts(now)
+        what, due = guards.next_review(facts, self.policy, now,
+                                       next_rung(self.policy.ladder, self.state),
+                                       self.policy.ladder[0])  # fmt: skip
+        since = guards.stable_since(facts, self.policy, now)
         return {
             "state": self.state,
             "level": self.current_level(),
@@ -412,7 +431,13 @@ class Autoscaler:
             "cooldown_s": self._cooldown_s,
             "failed_promotions": self._failed,
             "stable_since": guards.stable_since(facts, self.policy, now),
-            "next_decision_at": guards.next_review_at(facts, self.policy, now),
+            "next_decision_at": due,
+            "next_decision": {"what": what, "at": due},
+            "load": {
+                "demand": facts.demand,
+                "running": guards.running_at(facts, now),
+                "loaded_s": guards.loaded_time(facts, since, now),
+            },
             "reboots_last_hour": sum(1 for t in self.repo.reboot_times(now - 3600) if t <= now),
             "unstable": guards.is_unstable(facts, self.policy, now),
             "pressure": self.watch.status(self.state, self._promote_dest(), now),

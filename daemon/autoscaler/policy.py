@@ -6,6 +6,10 @@ transition may fire; ``reason_*`` functions word the decision so that it names t
 Instability means a reboot or a trainer crash storm. A single reboot restarts the stability clock;
 only more than ``max_reboots`` reboots within ``window`` (or a crash storm) force a fall back. Only
 events since the machine entered its current state count: a level is judged on its own record.
+
+Stability also means the box carried the level's load: promotion counts only the time during
+which at least ``demand`` trainers of the level ran (its slots, or as many games as remain
+unfinished), from the runs the process manager stores. An idle box proves nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ class Facts:
     cooldown_s: float = 0.0  # length of the current (or latest) fallback
     failed_promotions: int = 0  # fallbacks since the last long stable run
     pinned: str | None = None
+    # The load: trainers the level runs when its slots are filled (min(slots, games that want
+    # one)); None while unknown (the check at daemon start), and then nothing is promoted.
+    demand: int | None = None
+    runs: tuple[tuple[float, float | None], ...] = ()  # (start, end or None) of its trainers
+    idle: str = ""  # why no game wants a slot, for the status line ("2 DONE")
 
 
 def fmt_duration(seconds: float) -> str:
@@ -87,8 +96,33 @@ def is_unstable(facts: Facts, policy: AutoscalerPolicy, now: float) -> bool:
     return is_reboot_storm(facts, policy, now) or has_crash_storm(facts, policy, now)
 
 
+def running_at(facts: Facts, t: float) -> int:
+    """Trainers of the level alive at ``t`` (a run that ends at ``t`` no longer counts)."""
+    return sum(1 for s, e in facts.runs if s <= t and (e is None or e > t))
+
+
+def loaded_time(facts: Facts, start: float, now: float) -> float:
+    """Seconds of [start, now] during which at least ``demand`` trainers of the level ran."""
+    if not facts.demand:
+        return 0.0
+    edges: list[tuple[float, int]] = []
+    for s, e in facts.runs:
+        s, e = max(s, start), min(now if e is None else e, now)
+        if e > s:
+            edges += [(s, 1), (e, -1)]
+    edges.sort()  # at one instant an end (-1) sorts before a start: no credit for a hand-over
+    total, alive, last = 0.0, 0, start
+    for t, step in edges:
+        if alive >= facts.demand:
+            total += t - last
+        alive, last = alive + step, t
+    return total
+
+
 def has_been_stable(facts: Facts, policy: AutoscalerPolicy, now: float) -> bool:
-    return now - stable_since(facts, policy, now) >= policy.promote_after
+    """Stable AND loaded for ``promote_after``: the window counts only loaded time."""
+    loaded = loaded_time(facts, stable_since(facts, policy, now), now)
+    return bool(facts.demand) and loaded >= policy.promote_after
 
 
 def has_cooldown_elapsed(facts: Facts, policy: AutoscalerPolicy, now: float) -> bool:
@@ -111,14 +145,36 @@ def next_cooldown(facts: Facts, policy: AutoscalerPolicy) -> tuple[float, int]:
     return min(policy.cooldown * 2 ** (failed - 1), policy.cooldown_max), failed
 
 
-def next_review_at(facts: Facts, policy: AutoscalerPolicy, now: float) -> float | None:
-    """When the next automatic move could become due if nothing unstable happens (for status)."""
-    if is_pinned(facts):
-        return None
+def next_review(
+    facts: Facts, policy: AutoscalerPolicy, now: float, up: str | None, bottom: str
+) -> tuple[str, float | None]:
+    """(what, due) for ``status``: the next automatic move and when it becomes due if nothing
+    changes, or (why there is none, None). ``up`` is the rung above (None at the top), ``bottom``
+    the ladder's first rung. A due time is never a promise: moves happen at stability checks,
+    so the supervisor rounds it up to the next one."""
+    if facts.pinned is not None:
+        return f"none: pinned at {facts.pinned} (atarictl level unpin to resume)", None
+    if is_unstable(facts, policy, now):
+        return "fall back (unstable) at the next stability check", now
     since = stable_since(facts, policy, now)
     if facts.state == FALLBACK:
-        return since + facts.cooldown_s
-    return since + policy.promote_after
+        return f"recover to {bottom} once the cooldown has passed", since + facts.cooldown_s
+    if up is None:
+        return "stability check (top of the ladder: falls back only if unstable)", now
+    if facts.demand is None:
+        return "stability check (the load is not known yet)", now
+    if facts.demand == 0:
+        idle = f" ({facts.idle})" if facts.idle else ""
+        return f"none: nothing left to train{idle}; the level stays at {facts.state}", None
+    loaded = loaded_time(facts, since, now)
+    left = max(0.0, policy.promote_after - loaded)
+    if running_at(facts, now) >= facts.demand:
+        return f"promote to {up} if stable and loaded", now + left
+    return (
+        f"none yet: promotion to {up} counts only time with {facts.demand} trainers running "
+        f"({running_at(facts, now)} now; {fmt_duration(loaded)} of "
+        f"{fmt_duration(policy.promote_after)} so far)"
+    ), None
 
 
 # -- reasons: every decision names the numbers and the setting behind it ------------------------
@@ -140,9 +196,11 @@ def reason_fall_back(facts: Facts, policy: AutoscalerPolicy, now: float) -> str:
 
 
 def reason_promote(facts: Facts, policy: AutoscalerPolicy, now: float, dest: str) -> str:
-    stable = now - stable_since(facts, policy, now)
+    since = stable_since(facts, policy, now)
+    loaded = loaded_time(facts, since, now)
     return (
-        f"promote: stable {fmt_duration(stable)} at {facts.state} "
+        f"promote: stable and loaded {fmt_duration(round(loaded))} at {facts.state} "
+        f"({facts.demand} trainers running, of {fmt_duration(round(now - since))} stable) "
         f">= promote_after={fmt_duration(policy.promote_after)}; moving to {dest}"
     )
 

@@ -81,6 +81,9 @@ class AutoscalerRepository:
     def crash_times(self, since: float) -> tuple[float, ...]:
         return self._store.crash_times(since)
 
+    def run_spans(self, level: str, since: float) -> tuple[tuple[float, float | None], ...]:
+        return self._store.run_spans(level, since)
+
     # -- boots ----------------------------------------------------------------------------------
     def previous_run(self) -> PreviousRun:
         boot, run = self._store.last_boot_and_daemon_run()

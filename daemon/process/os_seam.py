@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,11 +33,7 @@ class Proc:
 
 
 class OsSeam(Protocol):
-    def spawn(
-        self, argv: list[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
-    ) -> Proc:
-        """``env``: variables set for this child only (CUDA_VISIBLE_DEVICES on a multi-GPU box)."""
-        ...
+    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc: ...
 
     def poll(self, proc: Proc) -> int | None:
         """None while alive; else the Popen-style return code (negative = killed by signal)."""
@@ -50,9 +45,7 @@ class OsSeam(Protocol):
 
 
 class RealOs:
-    def spawn(
-        self, argv: list[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
-    ) -> Proc:
+    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
         # O_APPEND: the daemon can rotate by copy+truncate while the child keeps writing.
@@ -63,7 +56,7 @@ class RealOs:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**child_environment(), **(env or {})},
+                env=child_environment(),
                 start_new_session=True,
                 close_fds=True,
             )

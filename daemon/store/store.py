@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from daemon.store import schema as s
@@ -177,7 +177,6 @@ class Store:
         num_envs: int | None,
         batch_size: int | None,
         proc_start_time: float | None,
-        device: str | None = None,
     ) -> int:
         with self._begin() as conn:
             res = conn.execute(
@@ -189,7 +188,6 @@ class Store:
                     num_envs=num_envs,
                     batch_size=batch_size,
                     proc_start_time=proc_start_time,
-                    device=device,
                 )
             )
             return int(res.inserted_primary_key[0])
@@ -325,6 +323,23 @@ class Store:
         with self._begin() as conn:
             rows = conn.execute(_CRASHES_SINCE, {"since": since}).all()
         return tuple(float(r.ended_at) for r in rows)
+
+    def run_spans(self, level: str, since: float) -> tuple[tuple[float, float | None], ...]:
+        """(start, end or None) of every trainer run at ``level`` alive at or after ``since``:
+        the autoscaler's load fact. A run that ended while the daemon was down (outcome
+        ``unknown``) is left out: when it really died is not known, so it proves no load."""
+        q = (
+            select(s.runs.c.started_at, s.runs.c.ended_at)
+            .where(
+                s.runs.c.level == level,
+                or_(s.runs.c.ended_at.is_(None), s.runs.c.ended_at >= since),
+                or_(s.runs.c.outcome.is_(None), s.runs.c.outcome != s.Outcome.UNKNOWN.value),
+            )
+            .order_by(s.runs.c.started_at)
+        )
+        with self._begin() as conn:
+            rows = conn.execute(q).all()
+        return tuple((float(r.started_at), r.ended_at) for r in rows)
 
     # ------------------------------------------------------------------ level state
 

@@ -34,15 +34,27 @@ def _supervisor(tmp_path: Path) -> tuple[Supervisor, FakeClock]:
                          "light")  # fmt: skip
     mgr.restore()
     sup = Supervisor(profile, store, clock, mgr, FixedLevel("light", started_at=clock.now()))
+    start = clock.now()
+    # CartPole-v1 ran for 30 minutes an hour ago (5 episodes: 10/h), and queues now.
+    run = store.run_started("CartPole-v1", 77, start - 3600, level="light", num_envs=4,
+                            batch_size=32, proc_start_time=None)  # fmt: skip
+    store.run_ended(run, start - 1800, exit_code=0, signal=None, reason="level change")
     sup.loop_once()  # Pong and Breakout start (2 slots at light); CartPole-v1 queues
+    clock.advance(1800)
     now = clock.now()
-    for name, episodes, rate in (("Pong", 10, 20.0), ("Breakout", 6, 12.0),
-                                 ("CartPole-v1", 0, 10.0)):  # fmt: skip
+    # The rate is episodes.jsonl over the last 30 min of running time (daemon/status.py); the
+    # trainer's own episodes_per_hour (here wildly off) is not what status shows.
+    for name, episodes, t0 in (("Pong", 10, start), ("Breakout", 6, start),
+                               ("CartPole-v1", 5, start - 3600)):  # fmt: skip
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "episodes.jsonl").write_text("".join(
+            json.dumps({"t": t0 + 1800 * i / episodes, "episode": i, "return": 1.0}) + "\n"
+            for i in range(1, episodes + 1)))  # fmt: skip
         mgr.games[name].progress = {
-            "episodes": episodes, "episodes_per_hour": rate, "best_return": 3.5,
+            "episodes": episodes, "episodes_per_hour": 999.0, "best_return": 3.5,
             "avg100": 1.25, "last_checkpoint_time": now - 30,
         }  # fmt: skip
-    clock.advance(10)
     sup.loop_once()  # past startsecs: both RUNNING
     for g in mgr.games.values():
         mgr._persist(g)  # what the health job writes
@@ -66,15 +78,20 @@ def test_atarictl_formats_what_a_real_daemon_sends(tmp_path: Path) -> None:
     st = json.loads(json.dumps(reply["result"]))  # over the socket it is JSON
     assert from_dict(st).to_dict() == st  # exactly the documented shape, nothing else
     by = {g["game"]: g for g in st["games"]}
+    assert by["Pong"]["episodes_per_hour"] == pytest.approx(20.0)
     assert by["Pong"]["eta_s"] == pytest.approx(2 * 3600)  # 40 episodes left at 20/h
-    assert by["CartPole-v1"]["eta_s"] is None and by["CartPole-v1"]["work_left_s"] == 7200
-    # 2 slots: Pong 2h, Breakout 2h, CartPole-v1 2h -> 6h of work over 2 slots = 3h.
-    assert st["total_eta_s"] == pytest.approx(3 * 3600)
-    assert st["projected_cost"] == pytest.approx(7.5)
+    assert (by["Pong"]["rate_episodes"], by["Pong"]["rate_window_s"]) == (10, 1800)
+    assert by["CartPole-v1"]["eta_s"] is None
+    assert by["CartPole-v1"]["work_left_s"] == pytest.approx(5400)  # 15 left at 10/h
+    # 2 slots: Pong 2h, Breakout 2h, CartPole-v1 1.5h -> 5.5h of work over 2 slots = 2.75h.
+    assert st["total_eta_s"] == pytest.approx(2.75 * 3600)
+    assert st["projected_cost"] == pytest.approx(6.875)
+    # Under 20 episodes behind each rate: the ETAs are rough, and shown so.
+    assert by["Pong"]["eta_rough"] and st["total_eta_rough"]
     text = fmt.format_status(st)
-    assert "level light for 10s · not pinned · reboots in last hour: 0" in text
+    assert "level light for 30m00s · not pinned · reboots in last hour: 0" in text
     assert "H100 87% util, 40.0/80.0 GiB, 61°C" in text
-    assert text.rstrip().endswith("total ETA 3h00m · projected cost $7.50 at $2.5/h")
+    assert text.rstrip().endswith("total ETA ~3h · projected cost $6.88 at $2.5/h")
     rows = [line for line in text.splitlines() if line.startswith(("Pong", "Breakout"))]
     assert rows[0].index("10/50") == rows[1].index("6/30")  # aligned columns
 

@@ -34,7 +34,10 @@ def test_sixty_stable_minutes_promote_light_to_medium(make_box: MakeBox) -> None
         "promote",
     )
     assert decision.level_changed and not decision.demotion
-    assert decision.reason.startswith("promote: stable 60 min at light >= promote_after=60 min")
+    assert decision.reason.startswith(
+        "promote: stable and loaded 60 min at light (2 trainers running, of 60 min stable) "
+        ">= promote_after=60 min"
+    )
     assert box.scaler.current_level() == "medium"
 
 

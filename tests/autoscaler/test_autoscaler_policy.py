@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from daemon.autoscaler import policy as g
@@ -13,14 +15,19 @@ from tests.support.autoscaler_box import HOUR, MIN, policy
 P = policy()
 
 
+def busy(state: str, entered_at: float, **kw: Any) -> Facts:
+    """A level whose one slot has held a trainer since before it was entered."""
+    return Facts(state, entered_at, demand=1, runs=((entered_at - HOUR, None),), **kw)
+
+
 def test_promotion_needs_a_full_stable_window() -> None:
-    facts = Facts("light", entered_at=0.0)
+    facts = busy("light", entered_at=0.0)
     assert not g.has_been_stable(facts, P, 59 * MIN)
     assert g.has_been_stable(facts, P, 60 * MIN)
 
 
 def test_a_reboot_restarts_the_stability_clock() -> None:
-    facts = Facts("light", entered_at=0.0, reboots=(30 * MIN,))
+    facts = busy("light", entered_at=0.0, reboots=(30 * MIN,))
     assert g.stable_since(facts, P, 60 * MIN) == 30 * MIN
     assert not g.has_been_stable(facts, P, 89 * MIN)
     assert g.has_been_stable(facts, P, 90 * MIN)
@@ -93,10 +100,56 @@ def test_cooldown_reset_needs_a_long_stable_run_on_a_rung() -> None:
     assert not g.is_due_for_cooldown_reset(in_fallback, P, 48 * HOUR)
 
 
-def test_next_review_time_for_status() -> None:
-    assert g.next_review_at(Facts("light", 100.0), P, 200.0) == 100.0 + HOUR
-    assert g.next_review_at(Facts(FALLBACK, 100.0, cooldown_s=50.0), P, 120.0) == 150.0
-    assert g.next_review_at(Facts("light", 100.0, pinned="light"), P, 120.0) is None
+def test_next_review_for_status() -> None:
+    def review(facts: Facts, now: float, up: str | None = "medium") -> tuple[str, float | None]:
+        return g.next_review(facts, P, now, up, "light")
+
+    assert review(busy("light", 100.0), 200.0) == ("promote to medium if stable and loaded",
+                                                    100.0 + HOUR)  # fmt: skip
+    assert review(Facts(FALLBACK, 100.0, cooldown_s=50.0), 120.0) == (
+        "recover to light once the cooldown has passed", 150.0)  # fmt: skip
+    # No time, and a plain reason why (the old line read "none while pinned at light in 9s").
+    assert review(busy("light", 100.0, pinned="light"), 120.0) == (
+        "none: pinned at light (atarictl level unpin to resume)", None)  # fmt: skip
+    assert review(Facts("light", 0.0, demand=0, idle="2 DONE"), 10.0) == (
+        "none: nothing left to train (2 DONE); the level stays at light", None)  # fmt: skip
+    what, at = review(Facts("light", 0.0, demand=2, runs=((0.0, None),)), 20 * MIN)
+    assert at is None and what == (
+        "none yet: promotion to medium counts only time with 2 trainers running "
+        "(1 now; 0 s of 60 min so far)"
+    )
+    # At the top there is no promotion: the due time is now (a check may still fall back).
+    assert review(busy("medium", 0.0), 2 * HOUR, up=None) == (
+        "stability check (top of the ladder: falls back only if unstable)", 2 * HOUR)  # fmt: skip
+
+
+def test_loaded_time_counts_only_time_with_the_demand_met() -> None:
+    runs = ((0.0, 30 * MIN), (10 * MIN, None), (50 * MIN, 70 * MIN))
+    two = Facts("light", 0.0, demand=2, runs=runs)
+    # Two trainers from 10 to 30 min and from 50 to 70 min: 40 of the 90 minutes.
+    assert g.loaded_time(two, 0.0, 90 * MIN) == 40 * MIN
+    assert g.loaded_time(two, 20 * MIN, 60 * MIN) == 20 * MIN
+    one = Facts("light", 0.0, demand=1, runs=runs)
+    assert g.loaded_time(one, 0.0, 90 * MIN) == 90 * MIN
+    # A hand-over at one instant gets no credit for a moment with nobody running, and the
+    # demand itself decides: none (nothing to train) or unknown never counts as loaded.
+    handover = Facts("light", 0.0, demand=1, runs=((0.0, 10 * MIN), (10 * MIN, 20 * MIN)))
+    assert g.loaded_time(handover, 0.0, 20 * MIN) == 20 * MIN
+    assert g.loaded_time(Facts("light", 0.0, demand=0, runs=runs), 0.0, HOUR) == 0.0
+    assert g.loaded_time(Facts("light", 0.0, runs=runs), 0.0, HOUR) == 0.0
+    assert g.running_at(two, 60 * MIN) == 2 and g.running_at(two, 70 * MIN) == 1
+
+
+def test_promotion_counts_only_loaded_time_and_says_so() -> None:
+    gaps = Facts("light", 0.0, demand=1, runs=((0.0, 30 * MIN), (50 * MIN, None)))
+    assert not g.has_been_stable(gaps, P, 79 * MIN)
+    assert g.has_been_stable(gaps, P, 80 * MIN)
+    assert g.reason_promote(gaps, P, 80 * MIN, "medium") == (
+        "promote: stable and loaded 60 min at light (1 trainers running, of 80 min stable) "
+        ">= promote_after=60 min; moving to medium"
+    )
+    idle = Facts("light", 0.0, demand=0)
+    assert not g.has_been_stable(idle, P, 10 * HOUR)
 
 
 def test_ladder_helpers() -> None:
