@@ -32,6 +32,7 @@ from daemon.control_server.protocol import ReplyCode, error, ok
 from daemon.episode_log import episode_counter
 from daemon.evals import Evals
 from daemon.level_source import Command, LevelSource, Load
+from daemon.placement import gpus_from_sample
 from daemon.pressure import PressureProbe
 from daemon.process import After, ProcessManager, State
 from daemon.reload import check_levels, settings_changed
@@ -107,6 +108,9 @@ class Supervisor:
         self.manager, self.level_source = manager, level_source
         self.notifier = notifier or Notifier(address="")
         self.gpu = gpu
+        if gpu is not None:
+            # Placement asks NVML at each start: a new trainer goes where memory is free now.
+            manager.gpus = lambda: gpus_from_sample(gpu.sample())
         self.procs = ProcessProbe()
         self.pressure = pressure if pressure is not None else PressureProbe()
         self.last_pressure: dict[str, Any] | None = None

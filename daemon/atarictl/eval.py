@@ -21,8 +21,8 @@ from daemon.atarictl.client import CtlError, UnknownGame
 from daemon.paths import Dirs
 from daemon.scores import REFERENCE, human_normalized, reference
 
-EXIT_NO_MODEL = 8
-EXIT_BAD_MODEL = 9
+EXIT_NO_MODEL = 10  # 8 is --wait running out (daemon/atarictl/wait.py)
+EXIT_BAD_MODEL = 11
 # trainer/contract.py ExitCode values the evaluator exits with.
 _UNKNOWN_GAME, _UNLOADABLE, _CORRUPT, _BAD_ARGS = 3, 5, 7, 2
 

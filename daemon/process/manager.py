@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.config import Level, Profile
+from daemon.placement import Gpu, choose_gpu
 from daemon.process.os_seam import OsSeam, Proc, rotate_log
 from daemon.process.outbox import Outbox
 from daemon.process.states import ACTIVE, LIVE, After, BackoffPolicy, Game, RunRef, State
@@ -93,6 +95,8 @@ class ProcessManager:
             g.name: Game(g.name, g.target, i) for i, g in enumerate(profile.games)
         }
         self.models = ModelRegistry(store)
+        # The GPUs as NVML sees them now (the supervisor wires its probe in); none on a CPU box.
+        self.gpus: Callable[[], list[Gpu]] = list
         # Slots the autoscaler took back at the bottom rung under pressure (``pause_newest``);
         # a level change gives them back.
         self.paused_slots = 0
@@ -371,8 +375,10 @@ class ProcessManager:
         run_dir = self.run_dir(g.name)
         argv = trainer_argv(self.profile, level, g, run_dir)
         prev = g.state
+        device = self._place()
+        env = None if device is None else {"CUDA_VISIBLE_DEVICES": str(device)}
         try:
-            proc = self.seam.spawn(argv, run_dir, self.log_path(g.name))
+            proc = self.seam.spawn(argv, run_dir, self.log_path(g.name), env=env)
         except OSError as e:
             g.crashed(self.clock.monotonic(), self.policy, f"spawn failed: {e}")
             self._decide(g, prev, g.reason)
@@ -381,11 +387,13 @@ class ProcessManager:
         # Memory first: the manager holds the pid whatever the store does next.
         run = RunRef()
         g.start(proc, run, self.clock.monotonic(), now, self.level, self.epoch)
+        g.gpu = device
 
         def started(name: str = g.name, pid: int = proc.pid, lv: str = self.level) -> None:
             run.id = self.store.run_started(
                 name, pid, now, level=lv, num_envs=level.num_envs,
                 batch_size=level.batch_size, proc_start_time=proc.create_time,
+                device=None if device is None else str(device),
             )  # fmt: skip
 
         self.outbox.write(f"run started {g.name} pid {proc.pid}", started)
@@ -394,8 +402,23 @@ class ProcessManager:
             g,
             prev,
             f"{reason}; pid {proc.pid}, level {self.level} "
-            f"({level.num_envs} envs x batch {level.batch_size}), from episode {episodes}",
+            f"({level.num_envs} envs x batch {level.batch_size}), from episode {episodes}"
+            + ("" if device is None else f", on GPU {device} (most free memory)"),
         )
+
+    def _place(self) -> int | None:
+        """The GPU for a new trainer on a multi-GPU box (daemon/placement.py); None otherwise,
+        and always with ``device: cpu``. A failing probe places nothing: it never stops a start."""
+        if self.profile.device == "cpu":
+            return None
+        try:
+            gpus = self.gpus()
+        except Exception:
+            log.exception("GPU placement: probe failed; the trainer picks its own device")
+            return None
+        placed = {h.proc.pid: h.gpu for h in self.games.values()
+                  if h.proc is not None and h.gpu is not None}  # fmt: skip
+        return choose_gpu(gpus, placed)
 
     def queue_order(self) -> list[Game]:
         """Longest target first; the profile's order breaks ties."""

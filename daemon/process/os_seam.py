@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +34,11 @@ class Proc:
 
 
 class OsSeam(Protocol):
-    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc: ...
+    def spawn(
+        self, argv: list[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """``env``: variables set for this child only (CUDA_VISIBLE_DEVICES on a multi-GPU box)."""
+        ...
 
     def poll(self, proc: Proc) -> int | None:
         """None while alive; else the Popen-style return code (negative = killed by signal)."""
@@ -45,7 +50,9 @@ class OsSeam(Protocol):
 
 
 class RealOs:
-    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc:
+    def spawn(
+        self, argv: list[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> Proc:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
         # O_APPEND: the daemon can rotate by copy+truncate while the child keeps writing.
@@ -56,7 +63,7 @@ class RealOs:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=child_environment(),
+                env={**child_environment(), **(env or {})},
                 start_new_session=True,
                 close_fds=True,
             )

@@ -93,6 +93,7 @@ class Game:
     # loop too slow for the storm window still ends (``max_no_progress_restarts``).
     episodes_at_start: int = 0
     no_progress_restarts: int = 0
+    gpu: int | None = None  # CUDA device of the live process on a multi-GPU box
 
     # -------------------------------------------------------------- transitions
 
@@ -237,5 +238,5 @@ class Game:
         self.delay, self.retry_at, self.reason = None, None, reason
 
     def _exited(self) -> None:
-        self.proc, self.started_mono, self.started_wall = None, None, None
+        self.proc, self.started_mono, self.started_wall, self.gpu = None, None, None, None
         self.stop_deadline, self.killed, self.after = None, False, None

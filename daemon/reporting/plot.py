@@ -42,6 +42,7 @@ def render(h: History, out: Path, *, title: str | None = None, dpi: int = 110) -
     import numpy as np
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.ticker import NullFormatter
 
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"{out}: the file name must end in .png or .svg")
@@ -106,7 +107,9 @@ def render(h: History, out: Path, *, title: str | None = None, dpi: int = 110) -
                 va="center",
                 color="#888888",
             )
+            # No ticks at all: the concise date formatter cannot format an empty tick list.
             ax.set_xticks([])
+            ax.xaxis.set_major_formatter(NullFormatter())
         drawn[game] = {"episodes": len(x), "evals": len(ev), "avg100": last_avg}
     handles: list[Any] = [
         Line2D([], [], marker=".", ls="", color="#8c8c8c", label="episode return"),

@@ -24,7 +24,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -127,6 +127,9 @@ runs = Table(
     Column("signal", String),
     Column("reason", Text),
     Column("outcome", String),  # Outcome; added in schema version 3
+    # CUDA_VISIBLE_DEVICES given to the trainer on a multi-GPU box (daemon/placement.py), else
+    # NULL; added in schema version 5.
+    Column("device", String),
 )
 
 telemetry = Table(
@@ -215,4 +218,10 @@ def _v3_to_v4(conn: Connection) -> None:
     evals.create(conn, checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE runs ADD COLUMN device VARCHAR"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+}  # fmt: skip

@@ -177,6 +177,7 @@ class Store:
         num_envs: int | None,
         batch_size: int | None,
         proc_start_time: float | None,
+        device: str | None = None,
     ) -> int:
         with self._begin() as conn:
             res = conn.execute(
@@ -188,6 +189,7 @@ class Store:
                     num_envs=num_envs,
                     batch_size=batch_size,
                     proc_start_time=proc_start_time,
+                    device=device,
                 )
             )
             return int(res.inserted_primary_key[0])

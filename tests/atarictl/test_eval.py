@@ -5,7 +5,7 @@
   library that wrote it) to one frame per agent step plus the reset frame, at 210x160.
 - CartPole trained to its target: the eval mean of best.pt is >= 475 and within EVAL_TOLERANCE
   of the training avg100 (docs/cli.md says why that tolerance).
-- Bad input: unknown game (5), no model yet (8), corrupt model (9), each one line.
+- Bad input: unknown game (5), no model yet (10), corrupt model (11), each one line.
 """
 
 from __future__ import annotations
@@ -97,12 +97,12 @@ def test_unknown_game_no_model_and_corrupt_model(pong_state: Path, tmp_path: Pat
     assert got.returncode == 5 and "unknown game 'Breakout'" in got.stderr
     assert got.stderr.count("\n") == 1
     got = ctl(pong_state, "eval", "Pong")  # a 12 s run has no best.pt yet
-    assert got.returncode == 8 and "no best model for Pong" in got.stderr
+    assert got.returncode == 10 and "no best model for Pong" in got.stderr
     bad = tmp_path / "best.pt"
     good = sorted((pong_state / "runs" / "Pong" / "checkpoints").glob("ckpt-*.pt"))[-1]
     bad.write_bytes(good.read_bytes()[:-1000])  # a half-written copy
     got = ctl(pong_state, "eval", "Pong", "--model", str(bad))
-    assert got.returncode == 9 and "corrupt" in got.stderr and got.stderr.count("\n") == 1
+    assert got.returncode == 11 and "corrupt" in got.stderr and got.stderr.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -185,6 +185,18 @@ def test_plot_ten_games_png_and_svg(tmp_path: Path) -> None:
     assert "2 games" in svg.stdout and (tmp_path / "p.svg").read_text().startswith("<?xml")
 
 
+def test_plot_and_report_with_a_game_that_has_no_episodes_yet(tmp_path: Path) -> None:
+    # A queued game (a run dir, no episodes.jsonl) beside games with curves: its panel says so.
+    state = tmp_path / "state"
+    synth_state(state, 2, 50)
+    (state / "runs" / "Pong").mkdir()
+    got = ctl(state, "plot", "--out", str(tmp_path / "p.png"), "--json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["games"]["Pong"]["episodes"] == 0
+    got = ctl(state, "report", "--now")
+    assert got.returncode == 0, got.stderr
+
+
 def test_plot_bad_input_one_line(tmp_path: Path) -> None:
     state = tmp_path / "state"
     synth_state(state, 2, 50)

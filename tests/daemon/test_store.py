@@ -78,12 +78,14 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def _pre_v3_database(path: Path, version: int) -> Engine:
-    """The v1 tables, with runs still lacking v3's outcome column, stamped ``version``."""
+    """The v1 tables, with runs still lacking v3's outcome and v5's device columns, stamped
+    ``version``."""
     eng = create_engine(f"sqlite:///{path}")
     with eng.begin() as conn:
         for name in s.V1_TABLES:
             s.metadata.tables[name].create(conn)
         conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN outcome")
+        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN device")
         conn.execute(s.schema_version.insert().values(version=version))
     return eng
 
@@ -107,13 +109,15 @@ def test_older_schema_is_migrated(tmp_path: Path) -> None:
             )  # fmt: skip
     eng.dispose()
     store = Store.open(path)
-    assert _version(path) == s.SCHEMA_VERSION == 4
+    assert _version(path) == s.SCHEMA_VERSION == 5
     assert store.evals() == []  # v3 -> v4: the evals table exists (issue 13)
     assert store.games()["Pong"]["episodes"] == 2
     store.upsert_model("Pong", "best", episode=2, return_=1.0, at=1.0, path="best.pt")
     assert store.models()[0]["path"] == "best.pt"
     # v2 -> v3: the reason wording of old runs becomes the structured outcome.
     assert [r["outcome"] for r in store.runs()] == ["crash", "done", "stopped", "crash", None]
+    # v4 -> v5: runs record the GPU a trainer was placed on (none for the old rows).
+    assert {r["device"] for r in store.runs()} == {None}
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,12 +27,16 @@ class FakeOs:
         self.exits: dict[int, int | None] = {}
         self.signals: list[tuple[int, signal.Signals]] = []
         self.argv: dict[int, list[str]] = {}
+        self.env: dict[int, dict[str, str]] = {}  # what the child got beyond the daemon's own
         self.waits: list[tuple[int, float]] = []
 
-    def spawn(self, argv: list[str], cwd: Path, log_path: Path) -> Proc:
+    def spawn(
+        self, argv: list[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> Proc:
         self.next_pid += 1
         self.exits[self.next_pid] = None
         self.argv[self.next_pid] = argv
+        self.env[self.next_pid] = dict(env or {})
         return Proc(self.next_pid, None)
 
     def poll(self, proc: Proc) -> int | None:
