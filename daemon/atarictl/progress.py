@@ -66,11 +66,16 @@ def cmd_plot(ctl: Any) -> int:
     ev = sum(g["evals"] for g in drawn["games"].values())
     ctl.out(
         f"wrote {a.out}: {len(games)} game{'s' if len(games) != 1 else ''}, {n:,} episodes, "
-        f"{ev} evals, {drawn['reboots']} reboots, {drawn['level_changes']} level changes "
+        f"{_n(ev, 'eval')}, {_n(drawn['reboots'], 'reboot')}, "
+        f"{_n(drawn['level_changes'], 'level change')} "
         f"({drawn['seconds']:.1f}s)",
         drawn,
     )
     return 0
+
+
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}{'' if k == 1 else 's'}"
 
 
 def cmd_report(ctl: Any) -> int:

@@ -32,11 +32,16 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:,.1f}"
 
 
-def render(h: History, out: Path, *, title: str | None = None, dpi: int = 110) -> dict[str, Any]:
+def render(h: History, out: Path, *, dpi: int = 110) -> dict[str, Any]:
     """Draw ``h`` into ``out`` (.png or .svg); returns what was drawn (for --json)."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
+    # A run of a few minutes asks the date locator for second ticks; its "defaulting" note is
+    # noise on the operator's terminal, the plot is right.
+    warnings.filterwarnings("ignore", message="AutoDateLocator was unable", category=UserWarning)
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     import numpy as np
@@ -119,19 +124,20 @@ def render(h: History, out: Path, *, title: str | None = None, dpi: int = 110) -
         Line2D([], [], color="#333333", ls=":", label="level change"),
         *(Patch(color=colour[lv], alpha=0.3, label=f"level {lv}") for lv in levels),
     ]
+    # One column of panels is 8 in wide: the legend takes two rows there, not one clipped row.
+    per_row = 4 if cols == 1 else 8
+    legend_rows = math.ceil(len(handles) / per_row)
     fig.legend(
         handles=handles,
         loc="upper center",
-        ncol=min(len(handles), 8),
+        ncol=min(len(handles), per_row),
         fontsize=9,
         frameon=False,
         bbox_to_anchor=(0.5, 1.0),
     )
-    if title:
-        fig.suptitle(title, y=1.0 - 0.35 / fig.get_figheight(), fontsize=11, x=0.01, ha="left")
     fig.supxlabel("time (UTC)", fontsize=9)
     fig.supylabel("return (unclipped)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.3 + 0.25 * legend_rows) / fig.get_figheight()))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     fig.savefig(tmp, dpi=dpi, format=out.suffix.lower().lstrip("."))
