@@ -55,9 +55,11 @@ def _open(archive: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(archive, "r:gz")
     except FileNotFoundError:
-        raise BackupError(f"{archive}: no such file", "not_found") from None
+        raise BackupError(f"{archive}: no such file; give the path atarictl backup printed",
+                          "not_found") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BackupError(f"{archive}: not a readable tar.gz ({exc})", "bad_archive") from None
+        raise BackupError(f"{archive}: not a readable tar.gz ({exc}); give an archive "
+                          "made by atarictl backup", "bad_archive") from None
 
 
 def _read_manifest(tar: tarfile.TarFile, archive: Path) -> dict[str, Any]:

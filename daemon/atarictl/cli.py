@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,16 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a positive number")
+    return value
+
+
 def _duration_arg(text: str) -> float:
     from daemon.config import parse_duration
 
@@ -47,11 +58,11 @@ def _duration_arg(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line (`atarictl: ...`, exit 2); a mistyped command gets the nearest
-    one, git's manner, instead of three lines of usage."""
+    """Usage errors are one line (`atarictl: CAUSE; see 'atarictl CMD --help'`, exit 2); a
+    mistyped command gets the nearest one, git's manner, instead of three lines of usage."""
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"atarictl: {message}\n")
+        self.exit(EXIT_USAGE, f"atarictl: {message}; see '{self.prog} --help'\n")
 
 
 def _unknown_command(argv: list[str], commands: list[str]) -> str | None:
@@ -120,7 +131,7 @@ def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds_arg,
         default=d(DEFAULT_TIMEOUT),
         help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})",
     )
@@ -599,6 +610,13 @@ def _commands(parser: argparse.ArgumentParser) -> list[str]:
     return []
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = attach_wait_value(list(sys.argv[1:] if argv is None else argv))
@@ -607,9 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         print(unknown, file=sys.stderr)
         return EXIT_USAGE
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except BrokenPipeError:  # `atarictl --print-completion bash | head`
         return EXIT_OK
+    if extra:  # named by the command's parser, so the hint is that command's --help
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     paths = resolve_dirs(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
     ctl = Ctl(args, paths)
     handler = getattr(ctl, "cmd_" + args.command.replace("-", "_"))

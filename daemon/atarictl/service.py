@@ -250,7 +250,7 @@ def install_service(profile: Path | None, user: str | None) -> int:
     try:
         done = install(profile, user)
     except ServiceError as exc:
-        print(f"atarictl install-service: {exc}", file=sys.stderr)
+        print(f"atarictl: {exc}", file=sys.stderr)  # the one error format
         return 1
     if done.group_created:
         print(f"created group {GROUP} (members may use atarictl and read state and logs)")
@@ -269,7 +269,7 @@ def uninstall_service() -> int:
     try:
         removed = uninstall()
     except ServiceError as exc:
-        print(f"atarictl uninstall-service: {exc}", file=sys.stderr)
+        print(f"atarictl: {exc}", file=sys.stderr)  # the one error format
         return 1
     if not removed:
         print(f"{UNIT_NAME} was not installed; nothing to remove")

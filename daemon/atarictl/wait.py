@@ -167,9 +167,28 @@ def attach_wait_value(argv: list[str], default: float = DEFAULT_WAIT_S) -> list[
 
 def done_hint(row: dict[str, Any], profile: str | None) -> str:
     """Why ``start`` left a DONE game alone, and how to train it on."""
-    where = f" ({profile})" if profile else ""
-    return (
+    head = (
         f"{row['game']}: DONE, nothing to start: its target is reached "
-        f"({row.get('episodes')}/{row.get('target')} episodes). To train on, raise its target "
-        f"in the profile{where} and run `atarictl reload`"
+        f"({row.get('episodes')}/{row.get('target')} episodes). To train on, "
+    )
+    if profile and _shipped(profile):
+        # The packaged default lives inside the installed package: editing it there would be
+        # lost on the next install, and reload re-reads the same path.
+        return head + (
+            f"copy the default profile ({profile}), raise its target in the copy and restart "
+            "atari-supervisord with --profile COPY"
+        )
+    where = f" ({profile})" if profile else ""
+    return head + f"raise its target in the profile{where} and run `atarictl reload`"
+
+
+def _shipped(profile: str) -> bool:
+    from pathlib import Path
+
+    from daemon.resources import shipped_dir
+
+    # The daemon may run another install than this atarictl: its package's folder counts too.
+    parent = Path(profile).resolve().parent
+    return parent == shipped_dir("profiles").resolve() or parent.parts[-3:] == (
+        "daemon", "shipped", "profiles"
     )

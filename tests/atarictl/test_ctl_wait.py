@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.atarictl.wait import WaitTimeout, attach_wait_value, wait_steady
+from daemon.atarictl.wait import WaitTimeout, attach_wait_value, done_hint, wait_steady
+from daemon.config import DEFAULT_PROFILE
 from tests.atarictl.ctl_daemon import Daemon
 from tests.support.profiles import daemon_profile
 
@@ -133,3 +134,17 @@ def test_wait_steady_passes_transient_states_and_times_out_naming_the_game() -> 
 )
 def test_wait_without_seconds_before_a_game(argv: list[str], want: list[str]) -> None:
     assert attach_wait_value(argv) == want
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [str(DEFAULT_PROFILE), "/v/lib/python3.11/site-packages/daemon/shipped/profiles/a.yaml"],
+)
+def test_done_hint_on_the_packaged_default_says_copy_it(profile: str) -> None:
+    # Editing the packaged default would be lost on the next install; reload re-reads it.
+    hint = done_hint({"game": "Pong", "episodes": 10, "target": 10}, profile)
+    assert hint == (
+        "Pong: DONE, nothing to start: its target is reached (10/10 episodes). To train on, "
+        f"copy the default profile ({profile}), raise its target in the copy and restart "
+        "atari-supervisord with --profile COPY"
+    )
