@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +70,12 @@ def learner_ceiling(game: str, batch: int, seconds: float, device: torch.device)
     return n / (time.perf_counter() - t0)
 
 
-def trainer_rate(
+def trainer_rate(game: str, num_envs: int, batch: int, ratio: float, seconds: float,
+                 device: str, overlap: bool = True) -> float:  # fmt: skip
+    return trainer_run(game, num_envs, batch, ratio, seconds, device, overlap)[0]
+
+
+def trainer_run(
     game: str,
     num_envs: int,
     batch: int,
@@ -77,7 +86,9 @@ def trainer_rate(
     algo: str = "dqn",
     tensorboard: bool = True,
     checkpoint_every: float = 10**6,
-) -> float:
+) -> tuple[float, float]:
+    """(env steps/s while learning, CPU ms of this process per 1000 env steps). The CPU figure
+    counts every thread (envpool's too) and is what a busy shared host disturbs least."""
     from trainer.train import main as train_main
 
     with tempfile.TemporaryDirectory(prefix="atari-bench-") as tmp:
@@ -97,9 +108,12 @@ def trainer_rate(
             algo=algo,
             tensorboard=tensorboard,
         )
+        cpu0 = time.process_time()
         train_main(args)
+        cpu = time.process_time() - cpu0
         progress = json.loads((Path(tmp) / "progress.json").read_text())
-    return float(progress["learning_env_steps_per_sec"] or 0.0)
+    per_k = 1000.0 * 1000.0 * cpu / max(1, int(progress["env_steps"]))
+    return float(progress["learning_env_steps_per_sec"] or 0.0), per_k
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,26 +133,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def timed_curves() -> Iterator[dict[str, float]]:
+    """Wall time spent inside ``trainer.tb.Curves`` (collecting and writing points), for the
+    overhead table: a direct measure that a busy shared host disturbs much less than the rates."""
+    from trainer import tb
+
+    spent = {"s": 0.0}
+    names = ("episodes", "learner_due", "learner", "tick", "level", "commit", "close")
+    saved = {n: getattr(tb.Curves, n) for n in names}
+
+    def wrap(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                spent["s"] += time.perf_counter() - t0
+
+        return timed
+
+    for n, orig in saved.items():
+        setattr(tb.Curves, n, wrap(orig))
+    try:
+        yield spent
+    finally:
+        for n, orig in saved.items():
+            setattr(tb.Curves, n, orig)
+
+
 def tb_overhead(game: str, shapes: str, seconds: float, device: str, rr: float,
                 repeats: int) -> None:  # fmt: skip
     """TensorBoard on vs off, side by side: each row alternates on/off runs (so drift on a
-    shared host hits both), checkpoints (and so event writes) every 5 s."""
+    shared host hits both), checkpoints (and so event writes) every 5 s; medians."""
+    t0 = time.perf_counter()
+    import torch.utils.tensorboard  # noqa: F401 - once per process, at the trainer's start
+
+    print(f"# torch.utils.tensorboard import: {time.perf_counter() - t0:.2f} s once per trainer "
+          "start (not in the rows)")  # fmt: skip
     print(f"# {game}, device {device}, {seconds:g} s per run, {repeats} on/off pairs per row, "
           "checkpoint (and event flush) every 5 s", flush=True)  # fmt: skip
-    print("\n| algo | level | TB on env steps/s | TB off env steps/s | on/off |"
-          "\n|---|---|---:|---:|---:|", flush=True)  # fmt: skip
+    print("\n| algo | level | TB on env steps/s | TB off env steps/s | on/off "
+          "| TB on CPU ms/1k steps | TB off CPU ms/1k steps | on/off | time in tb code |"
+          "\n|---|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)  # fmt: skip
     for item in shapes.split(","):
         algo, shape = item.split(":")
         n, b = (int(x) for x in shape.split("x"))
-        on: list[float] = []
-        off: list[float] = []
-        for _ in range(repeats):
-            for tb, out in ((True, on), (False, off)):
-                out.append(trainer_rate(game, n, b, rr, seconds, device, algo=algo,
-                                        tensorboard=tb, checkpoint_every=5.0))  # fmt: skip
-        mean_on, mean_off = sum(on) / len(on), sum(off) / len(off)
-        print(f"| {algo} | {n}/{b} | {mean_on:,.0f} | {mean_off:,.0f} "
-              f"| {mean_on / mean_off:.3f} |", flush=True)  # fmt: skip
+        on: list[tuple[float, float]] = []
+        off: list[tuple[float, float]] = []
+        share: list[float] = []
+        # Warm-up (discarded): the first run of a process pays one-time costs (libraries,
+        # allocator); then on/off and off/on alternate so order favours neither.
+        trainer_run(game, n, b, rr, min(seconds, 2.0), device, algo=algo, tensorboard=False)
+        for i in range(repeats):
+            for tb_on in (True, False) if i % 2 == 0 else (False, True):
+                if not tb_on:
+                    off.append(trainer_run(game, n, b, rr, seconds, device, algo=algo,
+                                           tensorboard=False, checkpoint_every=5.0))  # fmt: skip
+                    continue
+                with timed_curves() as spent:
+                    t0 = time.perf_counter()
+                    on.append(trainer_run(game, n, b, rr, seconds, device, algo=algo,
+                                          tensorboard=True, checkpoint_every=5.0))  # fmt: skip
+                    share.append(spent["s"] / (time.perf_counter() - t0))
+        r_on, r_off = (statistics.median(r for r, _ in x) for x in (on, off))
+        c_on, c_off = (statistics.median(c for _, c in x) for x in (on, off))
+        print(f"| {algo} | {n}/{b} | {r_on:,.0f} | {r_off:,.0f} | {r_on / r_off:.3f} "
+              f"| {c_on:,.1f} | {c_off:,.1f} | {c_on / c_off:.3f} "
+              f"| {100 * statistics.median(share):.2f} % |", flush=True)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

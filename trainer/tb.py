@@ -53,6 +53,15 @@ class Curves:
         self._dropped = False
         self._next_learner = 0.0
         self._last_tick: tuple[float, int, int] | None = None
+        self._writer_cls: Any = None
+        if enabled:
+            # At start, not at the first checkpoint inside the loop: the import takes ~1 s.
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                self._fail(exc)
+            else:
+                self._writer_cls = SummaryWriter
 
     # ---------------------------------------------------------------- collecting (the loop)
 
@@ -123,13 +132,11 @@ class Curves:
 
     def _open(self) -> dict[str, Any]:
         if self._writers is None:
-            from torch.utils.tensorboard import SummaryWriter
-
             # Filled one by one, so a failure closes the writers already made.
             self._writers = {}
             for axis in (ENV_AXIS, LEARNER_AXIS):
                 # flush_secs high: we flush ourselves at each commit.
-                self._writers[axis] = SummaryWriter(str(self.dir / axis), flush_secs=10**6)
+                self._writers[axis] = self._writer_cls(str(self.dir / axis), flush_secs=10**6)
         return self._writers
 
     def commit(self) -> None:
