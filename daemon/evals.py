@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,10 @@ from daemon.config.schema import EvalSettings
 from daemon.scores import human_normalized
 from daemon.side_jobs import SideJobs
 from daemon.store import Store, StoreError
-from trainer.contract import BEST_FILE
+from trainer.contract import BEST_EVAL_FILE, BEST_EVAL_INFO, BEST_FILE
 
 log = structlog.get_logger("daemon.evals")
 
-BEST_EVAL_FILE = "best-eval.pt"
-BEST_EVAL_INFO = "best-eval.json"
 EVAL_DIR = "eval"
 CANDIDATE = "candidate.pt"
 
@@ -89,10 +88,11 @@ class Evals:
             if g not in self.pending:
                 self.pending.append(g)
 
-    def tick(self, idle_slot: bool) -> None:
+    def tick(self, idle_slot: Callable[[], bool]) -> None:
+        """Every loop pass: start the next queued eval when the profile allows it now."""
         if not self.pending or self.jobs.running("eval"):
             return
-        if self.settings.idle_slot_only and not idle_slot:
+        if self.settings.idle_slot_only and not idle_slot():
             return  # waits for a free slot; the queue keeps its games
         while self.pending:
             game = self.pending.pop(0)

@@ -199,7 +199,7 @@ class Supervisor:
         self.manager.tick()
         self.side_jobs.poll()
         if not self.stopping:
-            self.evals.tick(idle_slot=self._idle_slot())
+            self.evals.tick(self._idle_slot)
         self._sync_level("level source changed")
         self._notify_status()
         if self.stopping and not self.manager.any_live():
@@ -303,8 +303,12 @@ class Supervisor:
             self.evals.due(list(self.manager.games))
 
     def _idle_slot(self) -> bool:
+        try:
+            slots = self.profile.level(self.manager.level).games
+        except KeyError:  # a reload dropped the level the games still drain from
+            return False
         c = self.manager.counts()
-        return c["RUNNING"] + c["STARTING"] < self.profile.level(self.manager.level).games
+        return c["RUNNING"] + c["STARTING"] < slots
 
     def _on_report(self) -> None:
         # The Markdown/HTML report with its plot: its own process (matplotlib stays out of the

@@ -253,7 +253,12 @@ EPISODES_FILE = "episodes.jsonl"
 BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = "trainer.lock"  # flock()ed for the trainer's lifetime; holds its pid
-RUN_FILES = (PROGRESS_FILE, EPISODES_FILE, BEST_FILE)  # the run's files besides checkpoints
+# The daemon's own evals (daemon/evals.py) keep the weights with the best eval score apart from
+# best.pt, with that score beside them; the trainer never writes either.
+BEST_EVAL_FILE = "best-eval.pt"
+BEST_EVAL_INFO = "best-eval.json"
+# The run's files besides checkpoints (what a backup takes).
+RUN_FILES = (PROGRESS_FILE, EPISODES_FILE, BEST_FILE, BEST_EVAL_FILE, BEST_EVAL_INFO)
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 # Atomic writes go through ".<name>.tmp<pid>" in the same directory, then a rename.
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")

@@ -13,6 +13,7 @@ from typing import Any
 
 from daemon.atarictl.client import CtlError
 from daemon.atarictl.names import resolve_games
+from trainer.contract import BEST_EVAL_FILE, BEST_EVAL_INFO
 
 
 class PlotUsage(CtlError):
@@ -124,9 +125,9 @@ def latest_evals_of(db: Path, games: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def with_evals(rows: list[dict[str, Any]], db: Path, runs_dir: Path) -> list[dict[str, Any]]:
-    """Each model row gets ``eval``: the mean of the newest eval of exactly its file (matched by
-    sha256 for the registry's paths, by kind otherwise), and each game with a ``best-eval.pt``
-    gets its row (the best eval score's weights, kept apart from best.pt)."""
+    """Each model row gets ``eval``: the mean of the newest eval of that game's model of that
+    kind (best, latest), and each game with a ``best-eval.pt`` gets its row (the weights of the
+    daemon's best eval score, kept apart from best.pt)."""
     import json
     import sqlite3
 
@@ -145,11 +146,11 @@ def with_evals(rows: list[dict[str, Any]], db: Path, runs_dir: Path) -> list[dic
         e = newest.get((r["game"], r["kind"]))
         out.append(r | {"eval": None if e is None else e["mean"],
                         "eval_at": None if e is None else e["at"]})  # fmt: skip
-    kept = sorted(runs_dir.glob("*/best-eval.pt")) if runs_dir.is_dir() else []
+    kept = sorted(runs_dir.glob(f"*/{BEST_EVAL_FILE}")) if runs_dir.is_dir() else []
     for path in kept:
         game = path.parent.name
         try:
-            info = json.loads((runs_dir / game / "best-eval.json").read_text())
+            info = json.loads((runs_dir / game / BEST_EVAL_INFO).read_text())
         except (OSError, ValueError):
             info = {}
         out.append({"game": game, "kind": "best-eval", "episode": info.get("model_episode"),

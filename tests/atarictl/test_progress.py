@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,14 @@ def test_daemon_evals_keep_the_best_eval_model(evald: Daemon, cartpole_model: Pa
     row = next(m for m in models if m["kind"] == "best-eval")
     assert row["path"] == str(kept) and row["eval"] == pytest.approx(info["mean"])
     assert "best-eval" in ctl(evald.state, "models").stdout
+    # A backup takes best-eval.pt and its score with the run's other files.
+    archive = evald.state.parent / "with-best-eval.tar.gz"
+    got = ctl(evald.state, "backup", str(archive))
+    assert got.returncode == 0, got.stderr
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("runs/CartPole-v1/best-eval.pt") for n in names), names
+    assert any(n.endswith("runs/CartPole-v1/best-eval.json") for n in names), names
 
 
 @pytest.mark.slow
