@@ -4,8 +4,9 @@ The numbers come from the status shape ``atarictl status`` prints (``Supervisor.
 ``daemon/status.py``), never from a copy of its logic. The supervisor's main loop builds a
 ``Snapshot`` and publishes it here (``Publisher.refresh``); the HTTP thread's collector only reads
 the newest snapshot (one reference, swapped whole), so a scrape takes no lock the loop holds and
-never waits for the loop. The loop refreshes the snapshot every second while someone scrapes
-(a scrape in the last minute) and every 15 s otherwise, so an unscraped daemon pays almost nothing.
+never waits for the loop. The loop rebuilds the snapshot every ``REFRESH`` seconds (5 s), scraped
+or not: a scrape at 1/s then costs only its rendering (measured by ``python -m
+daemon.metrics_bench``), and ``atari_daemon_snapshot_timestamp_seconds`` says how old it is.
 
 Counters that the status shape does not hold come from the store (ended runs per outcome,
 autoscaler moves) and from the loop itself (pass time, failed job passes). Names follow the
@@ -39,8 +40,7 @@ from daemon.config.schema import parse_listen
 
 log = structlog.get_logger("daemon.metrics")
 
-FAST, SLOW = 1.0, 15.0  # refresh period (s) while scraped / otherwise
-SCRAPED_RECENTLY = 60.0
+REFRESH = 5.0  # seconds between snapshots: a third of Prometheus's shortest usual interval
 STATES = ("QUEUED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "DONE", "FATAL")
 OUTCOMES = ("crash", "stopped", "done", "unknown")
 MIB = 2**20
@@ -81,13 +81,11 @@ class Publisher:
         self._build, self._mono = build, monotonic
         self._snap: Snapshot | None = None
         self._built_at = -math.inf
-        self._scraped_at = -math.inf
         self.loop = LoopStats()
 
     def refresh(self, force: bool = False) -> None:
         now = self._mono()
-        period = FAST if now - self._scraped_at < SCRAPED_RECENTLY else SLOW
-        if force or now - self._built_at >= period:
+        if force or now - self._built_at >= REFRESH:
             self._built_at = now
             try:
                 self._snap = self._build()
@@ -97,7 +95,6 @@ class Publisher:
                 self.loop.job_failed("metrics")
 
     def snapshot(self) -> Snapshot | None:
-        self._scraped_at = self._mono()
         return self._snap
 
 

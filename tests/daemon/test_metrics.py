@@ -103,8 +103,8 @@ def test_per_game_metrics_equal_atarictl_status(live: tuple[Daemon, int]) -> Non
 
     ctl(d.state, "stop", STOPPED_GAME)
     d.wait_states({STOPPED_GAME: "STOPPED"})
-    # Frozen now: the loop publishes at least every second while scraped; wait for a snapshot
-    # built after the stop, then read both views.
+    # Frozen now: the loop publishes a snapshot every 5 s; wait for one built after the stop,
+    # then read both views.
     status = ctl_status(d.state)
     d.wait_for("a fresh snapshot", lambda: value(
         scrape(port), "atari_daemon_snapshot_timestamp_seconds") > status["now"] + 0.5, 30)
@@ -262,3 +262,29 @@ def test_null_listen_turns_it_off(tmp_path: Path) -> None:
     from daemon.metrics import start_endpoint
 
     assert start_endpoint(object(), object(), None) is None
+
+
+def test_the_loop_publishes_every_refresh_period_and_keeps_the_last_good_snapshot() -> None:
+    t = [0.0]
+    built: list[int] = []
+
+    def build() -> Snapshot:
+        if len(built) == 2:
+            raise RuntimeError("store locked")
+        built.append(1)
+        return Snapshot(status={"now": t[0]}, restarts={}, promotions=0, fallbacks=0, procs={},
+                        boot_time=0.0, at=t[0])  # fmt: skip
+
+    pub = Publisher(build, lambda: t[0])
+    pub.refresh()
+    first = pub.snapshot()
+    for t[0] in (1.0, 4.99):
+        pub.refresh()
+    assert pub.snapshot() is first and len(built) == 1
+    t[0] = 5.0
+    pub.refresh()
+    second = pub.snapshot()
+    assert second is not first and second.at == 5.0
+    t[0] = 10.0
+    pub.refresh()  # the build fails: the scrape keeps the last good one, the error is counted
+    assert pub.snapshot() is second and pub.loop.job_errors == {"metrics": 1}
