@@ -92,7 +92,12 @@ def cmd_report(ctl: Any) -> int:
                 " pass --state-dir DIR",
                 "no_database",
             )
-        made = make_report(state)
+        try:
+            made = make_report(state)
+        except OSError as exc:
+            raise CtlError(f"cannot write a report under {state / 'reports'} "
+                           f"({exc.strerror or exc}); run as the daemon's user, or read the "
+                           "latest with `atarictl report`", "report_failed") from None  # fmt: skip
         md = made.markdown
     else:
         md = have[-1][1]
