@@ -8,7 +8,8 @@ What the kernel says before a box falls over:
   sample without ``psi``, never an error.
 - MemAvailable and MemTotal (``/proc/meminfo``); under a cgroup memory limit (``memory.max`` on
   v2, ``memory.limit_in_bytes`` on a v1 memory controller) the headroom below that limit, so
-  ``MemoryMax=`` counts like a smaller box.
+  ``MemoryMax=`` counts like a smaller box. The cgroup's usage is its working set (usage less
+  inactive page cache, ``memory.stat``).
 - swap in/out rates (``/proc/vmstat`` pswpin/pswpout, pages/s between two samples) and the
   OOM-kill count (the cgroup's ``memory.events`` ``oom_kill``, else the kernel's ``/proc/vmstat``).
 
@@ -172,6 +173,7 @@ class PressureProbe:
         d = cgroup_dir(self.proc_root, self.cgroup_root)
         if d is not None:
             limit, current = _int_file(d / "memory.max"), _int_file(d / "memory.current")
+            current = _working_set(current, _keyed(_read(d / "memory.stat")), "inactive_file")
             events = _keyed(_read(d / "memory.events"))
             if "oom_kill" in events:
                 out["oom_kill"] = events["oom_kill"]
@@ -180,7 +182,8 @@ class PressureProbe:
         if limit is None and v1 is not None:
             v1d = self.cgroup_root / "memory" / v1.lstrip("/")
             limit = _int_file(v1d / "memory.limit_in_bytes")
-            current = _int_file(v1d / "memory.usage_in_bytes")
+            current = _working_set(_int_file(v1d / "memory.usage_in_bytes"),
+                                   _keyed(_read(v1d / "memory.stat")), "total_inactive_file")
             oom = _keyed(_read(v1d / "memory.oom_control"))
             if "oom_kill" in oom and "oom_kill" not in out:
                 out["oom_kill"] = oom["oom_kill"]
@@ -189,6 +192,14 @@ class PressureProbe:
             out["cgroup_mem_limit_mb"] = limit / 2**20
             out["cgroup_mem_current_mb"] = current / 2**20
         return out
+
+
+def _working_set(current: int | None, stat: dict[str, int], inactive: str) -> int | None:
+    """Usage less the inactive page cache (what the kernel drops first, never an OOM): the
+    "working set" container tools report, so logs and read libraries do not look like pressure."""
+    if current is None:
+        return None
+    return max(0, current - stat.get(inactive, 0))
 
 
 def memory_headroom(sample: dict[str, Any] | None) -> tuple[float, float] | None:

@@ -47,6 +47,7 @@ class Reading:
     mem_psi_full: float | None = None  # memory PSI full avg10, %
     available_mb: float | None = None  # the tighter of the host and the cgroup limit
     total_mb: float | None = None
+    memory_scope: str = "MemAvailable"  # which one: the host's, or the cgroup limit's headroom
     gpus: tuple[GpuReading, ...] = ()
     trainers_rss_mb: tuple[float, ...] = ()  # one per live trainer
     trainers_gpu_mb: tuple[float, ...] = ()  # one per trainer NVML lists
@@ -64,6 +65,8 @@ def reading_from(
 ) -> Reading:  # fmt: skip
     """The telemetry samples (daemon/pressure.py, daemon/telemetry.py) as a ``Reading``."""
     head = memory_headroom(dict(pressure or {}))
+    limit = (pressure or {}).get("cgroup_mem_limit_mb")
+    scope = "cgroup memory headroom" if head and limit and head[1] == float(limit) else None
     gpus = []
     gpu_procs: dict[str, float] = {}
     for g in (gpu or {}).get("gpus") or [] if (gpu or {}).get("gpu") == "ok" else []:
@@ -80,6 +83,7 @@ def reading_from(
     return Reading(
         at=at, mem_psi_full=psi_value(dict(pressure or {}), "memory", "full", "avg10"),
         available_mb=head[0] if head else None, total_mb=head[1] if head else None,
+        memory_scope=scope or "MemAvailable",
         gpus=tuple(gpus), trainers_rss_mb=rss,
         trainers_gpu_mb=tuple(gpu_procs[p] for p in pids if p in gpu_procs),
     )  # fmt: skip
@@ -93,7 +97,7 @@ def signals_over(r: Reading, p: PressurePolicy) -> dict[str, str]:
                              f"memory_psi_full_pct={p.memory_psi_full_pct:g}%")  # fmt: skip
     avail = r.mem_available_pct
     if avail is not None and avail < p.mem_available_min_pct:
-        out["mem_available"] = (f"MemAvailable {avail:.1f}% of {r.total_mb:.0f} MiB < "
+        out["mem_available"] = (f"{r.memory_scope} {avail:.1f}% of {r.total_mb:.0f} MiB < "
                                 f"mem_available_min_pct={p.mem_available_min_pct:g}%")  # fmt: skip
     for g in r.gpus:
         pct = 100.0 * g.mem_used_mb / g.mem_total_mb if g.mem_total_mb else 0.0

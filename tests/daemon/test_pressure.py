@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon.atarictl.formatting import pressure_line
+from daemon.autoscaler.shedding import reading_from, signals_over
+from daemon.config import PressurePolicy
 from daemon.pressure import PressureProbe, cgroup_dir, memory_headroom, parse_psi, psi_value
 from daemon.telemetry import GpuProbe, throttle_names
 from tests.daemon.test_observability import FakeNvml
@@ -77,7 +79,9 @@ def test_under_systemd_the_daemons_own_cgroup_is_read(tmp_path: Path) -> None:
     (unit / "io.pressure").write_text(PSI)
     (unit / "cpu.pressure").write_text("some avg10=3.00 avg60=1.00 avg300=0 total=1\n")
     (unit / "memory.max").write_text(str(512 * 2**20))
-    (unit / "memory.current").write_text(str(500 * 2**20))
+    (unit / "memory.current").write_text(str(530 * 2**20))
+    # 30 MiB of it is inactive page cache: not counted (the kernel drops it before any OOM).
+    (unit / "memory.stat").write_text(f"anon 1\ninactive_file {30 * 2**20}\nactive_file 0\n")
     (unit / "memory.events").write_text("low 0\nhigh 3\nmax 1\noom 0\noom_kill 0\n")
     sample = PressureProbe(proc, cg, under_systemd=True).sample(0.0)
     assert sample["psi_source"] == f"cgroup:{unit}"
@@ -86,6 +90,9 @@ def test_under_systemd_the_daemons_own_cgroup_is_read(tmp_path: Path) -> None:
     assert sample["oom_kill"] == 0 and sample["oom_kill_source"] == "cgroup"
     # The unit's MemoryMax= is tighter than the host: 12 MiB of 512 left.
     assert memory_headroom(sample) == (12.0, 512.0)
+    reading = reading_from(0.0, sample, None, {}, [])
+    assert signals_over(reading, PressurePolicy())["mem_available"] == (
+        "cgroup memory headroom 2.3% of 512 MiB < mem_available_min_pct=5%")
     # Not under systemd: the host's files, whatever the cgroup says.
     host = PressureProbe(proc, cg, under_systemd=False).sample(0.0)
     assert psi_value(host, "memory", "full", "avg10") == 0.75
