@@ -176,6 +176,12 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}" if abs(v - round(v)) > 1e-9 else f"{v:.0f}"
 
 
+def _cap(protocol: dict[str, Any]) -> str:
+    if "max_frames" in protocol:
+        return f"{protocol['max_frames']:,}-frame cap"
+    return "episode's step cap"  # CartPole-v1: 500 steps, a perfect episode
+
+
 def format_result(r: dict[str, Any], db: Path) -> str:
     m = r["model"]
     ep = "-" if m["episode"] is None else m["episode"]
@@ -189,7 +195,7 @@ def format_result(r: dict[str, Any], db: Path) -> str:
         + ", ".join(f"{k} {v}" for k, v in r["protocol"].items() if k != "episode"),
         f"score  mean {_num(r['mean'])}  median {_num(r['median'])}  std {_num(r['std'])}  "
         f"min {_num(r['min'])}  max {_num(r['max'])}"
-        + (f"  ({r['truncated']} hit the frame cap)" if r["truncated"] else ""),
+        + (f"  ({r['truncated']} hit the {_cap(r['protocol'])})" if r["truncated"] else ""),
     ]
     ref = r.get("reference")
     if ref is not None:
