@@ -139,11 +139,12 @@ def run_daemon(
             d.mkdir(parents=True, exist_ok=True)
         check_trusted(dirs)  # what mkdir made, under a umask we do not control
         lock = lock_state_dir(dirs.state_dir, "atari-supervisord")
-        store = Store.open(dirs.db)
+        store = Store.open(profile.store.url or dirs.db)  # store.url: PostgreSQL (docs/fleet.md)
     except (OSError, RuntimeError, StoreError) as e:
         log.error("cannot start", error=str(e))
         return EXIT_FAILURE
-    log.info("starting", profile=profile.path, state_dir=str(dirs.state_dir), pid=os.getpid())
+    log.info("starting", profile=profile.path, state_dir=str(dirs.state_dir), pid=os.getpid(),
+             store=store.where)  # fmt: skip
     keep_profile_copy(dirs, _read(profile_path))
     server = checks = endpoint = None
     try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import DaemonPool, RealDaemon
+from tests.support.postgres import PgServer, find_bindir
 
 # Two cores in CI: keep torch and OpenMP from oversubscribing them in every subprocess too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,6 +31,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the whole session (tests/support/postgres.py)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine: set PG_BINDIR or "
+                    "install postgresql to run the PostgreSQL store tests")  # fmt: skip
+    server = PgServer(bindir).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_db(request: pytest.FixtureRequest, tmp_path) -> Callable[[], Path | str]:
+    """A factory of empty store targets, once per backend: an SQLite file in tmp_path, or a
+    fresh database on the session's PostgreSQL server (``Store.open`` takes either)."""
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        return server.fresh_url
+    made: list[Path] = []
+
+    def sqlite_file() -> Path:
+        d = tmp_path / f"db{len(made)}"
+        d.mkdir()
+        made.append(d)
+        return d / "atari.db"
+
+    return sqlite_file
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from daemon.config.games import envpool_task, unknown_game_hint
 from daemon.config.schema import (
     FALLBACK_STATE,
     METRICS_PORT,
+    STORE_URL_RE,
     TRAINER_BASE_GIB,
     GameTarget,
     Level,
@@ -249,6 +250,11 @@ def _cross_check(
             fix = f"use HOST:PORT, e.g. 127.0.0.1:{METRICS_PORT}, or null"
             raise ctx.err(node_of(root, "metrics", "listen"), "metrics.listen", str(e),
                           fix) from None  # fmt: skip
+    if p.store.url is not None and not re.match(STORE_URL_RE, p.store.url):
+        raise ctx.err(node_of(root, "store", "url"), "store.url",
+                      f"{p.store.url!r} is not a store URL",
+                      "use null (the state dir's SQLite file), sqlite:///PATH or "
+                      "postgresql+psycopg://USER@HOST:PORT/DATABASE")  # fmt: skip
     host_gib = host_memory_bytes / 1024**3
     algos = {p.level_algo(lv) for lv in p.levels}
     for lv in p.levels:

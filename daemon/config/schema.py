@@ -155,6 +155,17 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Where the durable state lives (daemon/store): null is ``<state-dir>/atari.db`` (SQLite);
+    ``postgresql+psycopg://USER@HOST:PORT/DB`` a PostgreSQL database (docs/fleet.md)."""
+
+    url: str | None = _f("str", None, optional=True)
+
+
+STORE_URL_RE = r"^(sqlite:///.+|postgresql\+psycopg://[^/?#]*/[^/?#]+(\?.*)?)$"
+
+
+@dataclass(frozen=True)
 class GameLogs:
     max_bytes: int = _f("size", 10 * 1024 * 1024, lo=1024)
     backups: int = _f("int", 3, lo=0)
@@ -223,6 +234,7 @@ class Profile:
     paths: Paths = field(default_factory=Paths, metadata=_sec(Paths))
     eval: EvalSettings = field(default_factory=EvalSettings, metadata=_sec(EvalSettings))
     reports: Reports = field(default_factory=Reports, metadata=_sec(Reports))
+    store: StoreSettings = field(default_factory=StoreSettings, metadata=_sec(StoreSettings))
 
     def level_algo(self, level: Level) -> str:
         """The level's algo, else the profile's (the loader checks all levels agree)."""

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -101,7 +102,8 @@ games = Table(
     Column("state", String, nullable=False),
     Column("target", Integer, nullable=False),
     Column("episodes", Integer, nullable=False, default=0),
-    Column("env_steps", Integer, nullable=False, default=0),
+    # 64-bit on PostgreSQL (SQLite's INTEGER always is): a long Atari run passes 2**31 frames.
+    Column("env_steps", BigInteger, nullable=False, default=0),
     Column("best_return", Float),
     Column("avg100", Float),
     Column("episodes_per_hour", Float),

@@ -1,7 +1,8 @@
 """Everything SQLite-specific about the store, in one place.
 
-``Store`` (``store.py``) speaks SQLAlchemy Core and knows nothing of the file format; a second
-dialect (PostgreSQL) would sit beside this module and provide the same five things:
+``Store`` (``store.py``) speaks SQLAlchemy Core and knows nothing of the file format; the second
+dialect (PostgreSQL, ``postgres.py``) sits beside this module and provides the same things
+(``dialect.py`` picks one):
 
 - ``make_engine``: the engine and its per-connection settings (WAL, ``synchronous=FULL``, busy
   timeout, foreign keys);
@@ -98,6 +99,11 @@ def begin_write(conn: Connection) -> None:
     version. IMMEDIATE also makes two processes opening an old file migrate it one at a time.
     """
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def table_names(conn: Connection) -> set[str]:
+    rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
+    return {str(r[0]) for r in rows}
 
 
 def quick_check(conn: Connection) -> str:

@@ -3,7 +3,8 @@
 Each method is one short transaction (writes on the main loop and the telemetry job), and every
 driver error leaves it as a one-line ``StoreError`` (locked, corrupt, read-only), so the daemon's
 ``except StoreError`` sees every database failure. The SQL is SQLAlchemy Core; what is specific
-to SQLite (pragmas, upsert, integrity checks, snapshots) lives in ``daemon/store/sqlite.py``.
+to SQLite (pragmas, upsert, integrity checks, snapshots) lives in ``daemon/store/sqlite.py``, and
+to PostgreSQL (a ``postgresql+psycopg://`` URL, docs/fleet.md) in ``daemon/store/postgres.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
+from daemon.store import dialect
 from daemon.store import schema as s
-from daemon.store.sqlite import begin_write, explain, make_engine, quick_check, upsert
+from daemon.store.dialect import begin_write, quick_check, table_names, upsert
 
 
 class StoreError(RuntimeError):
@@ -45,24 +47,29 @@ LEVEL_STATE_ID = 1  # level_state is a singleton row
 
 
 class Store:
-    """Open with ``Store.open(path)``; every method is one short transaction, thread-safe."""
+    """Open with ``Store.open(path_or_url)``; every method is one short transaction,
+    thread-safe. ``path`` is the SQLite file (None on PostgreSQL); ``where`` names the database
+    in messages (the path, or the URL without its password)."""
 
-    def __init__(self, path: Path, engine: Any) -> None:
+    def __init__(self, path: Path | None, engine: Any, where: str | None = None) -> None:
         self.path = path
         self.engine = engine
+        self.where = where if where is not None else str(path)
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
     def open(cls, path: Path | str, *, busy_timeout_s: float = 10.0) -> Store:
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise StoreError(f"{path}: directory {path.parent} does not exist; create it first")
-        store = cls(path, make_engine(path, busy_timeout_s))
+        """``path``: an SQLite file (or ``sqlite:///PATH``), or a ``postgresql+psycopg://`` URL."""
+        file = dialect.sqlite_path(path)
+        if file is not None and not file.parent.is_dir():
+            raise StoreError(f"{file}: directory {file.parent} does not exist; create it first")
+        engine, where = dialect.open_engine(path, busy_timeout_s)
+        store = cls(file, engine, where)
         try:
             store._check_and_migrate()
         except DBAPIError as e:
-            raise StoreError(explain(path, e)) from None
+            raise StoreError(dialect.explain(engine, where, e)) from None
         return store
 
     def _check_and_migrate(self) -> None:
@@ -71,18 +78,14 @@ class Store:
             result = quick_check(conn)
             if result != "ok":
                 raise StoreError(
-                    f"{self.path}: database is corrupt (quick_check: {result}); restore it with "
+                    f"{self.where}: database is corrupt (quick_check: {result}); restore it with "
                     "`atarictl restore BACKUP` or move it aside"
                 )
-            existing = set(
-                conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
-                .scalars()
-                .all()
-            )
+            existing = table_names(conn)
             if "schema_version" not in existing:
                 if existing - {"sqlite_sequence"}:
                     raise StoreError(
-                        f"{self.path}: not an atari-supervisor database (tables: "
+                        f"{self.where}: not an atari-supervisor database (tables: "
                         f"{', '.join(sorted(existing))}); point --state-dir elsewhere"
                     )
                 s.metadata.create_all(conn)
@@ -91,7 +94,7 @@ class Store:
             version = conn.execute(select(s.schema_version.c.version)).scalar_one()
             if version > s.SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path}: database schema version {version} is newer than this "
+                    f"{self.where}: database schema version {version} is newer than this "
                     f"atari-supervisor understands ({s.SCHEMA_VERSION}); upgrade atari-supervisor "
                     "or restore a backup made by this version"
                 )
@@ -109,7 +112,7 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except DBAPIError as e:
-            raise StoreError(explain(self.path, e)) from None
+            raise StoreError(dialect.explain(self.engine, self.where, e)) from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -12,11 +12,12 @@ from tests.support.autoscaler_box import Box, policy
 
 
 @pytest.fixture
-def make_box(tmp_path: Path) -> Iterator[Callable[..., Box]]:
+def make_box(tmp_path: Path, new_db) -> Iterator[Callable[..., Box]]:
+    """Boxes on SQLite files, and again on a real PostgreSQL server (``new_db``'s two params)."""
     boxes: list[Box] = []
 
     def make(**overrides: Any) -> Box:
-        box = Box(tmp_path / f"box{len(boxes)}", policy(**overrides))
+        box = Box(tmp_path / f"box{len(boxes)}", policy(**overrides), db=new_db())
         boxes.append(box)
         return box
 

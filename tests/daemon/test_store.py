@@ -1,4 +1,6 @@
-"""The SQLite store on real files: pragmas, schema versions, migration, locked and corrupt files."""
+"""The store on real databases: schema versions, migration and round trips on both SQLite files
+and a real PostgreSQL server (``new_db`` runs each such test once per backend); pragmas, locked
+and corrupt files on SQLite; one-line errors and URL handling on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 
 from daemon.store import Store, StoreError
 from daemon.store import schema as s
@@ -21,6 +23,20 @@ def _version(path: Path) -> int:
     """The file's schema version, read as any other reader of the file would (not via Store)."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         return int(db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+
+def _engine(target: Path | str) -> Engine:
+    """A plain engine of our own on the database (not the store's pooled one)."""
+    return create_engine(target if isinstance(target, str) else f"sqlite:///{target}")
+
+
+def _version_of(target: Path | str) -> int:
+    eng = _engine(target)
+    try:
+        with eng.connect() as conn:
+            return int(conn.execute(text("SELECT version FROM schema_version")).scalar_one())
+    finally:
+        eng.dispose()
 
 
 def test_new_database_has_wal_full_sync_and_version(tmp_path: Path) -> None:
@@ -38,8 +54,8 @@ def test_one_engine_per_process(tmp_path: Path) -> None:
     assert a.engine is b.engine
 
 
-def test_repositories_round_trip(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "atari.db")
+def test_repositories_round_trip(new_db) -> None:
+    store = Store.open(new_db())
     store.upsert_game("Pong", state="RUNNING", target=3000, episodes=5)
     store.upsert_game("Pong", episodes=7)
     assert store.games()["Pong"]["episodes"] == 7
@@ -56,31 +72,40 @@ def test_repositories_round_trip(tmp_path: Path) -> None:
     store.save_level_state(state="light", entered_at=1.0, failed_promotions=0)
     store.save_level_state(state="medium", entered_at=2.0)
     assert store.level_state()["state"] == "medium"
+    store.upsert_game("Pong", env_steps=3 * 2**31)  # a long run's frame count (64-bit)
+    assert store.games()["Pong"]["env_steps"] == 3 * 2**31
+    store.daemon_stopped(store.daemon_started(7, "boot", 1.0), 2.0, clean=True)
+    assert store.last_daemon_run()["clean_shutdown"] is True
 
 
-def test_telemetry_retention_is_bounded(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "atari.db")
+def test_telemetry_retention_is_bounded(new_db) -> None:
+    target = new_db()
+    store = Store.open(target)
     for t in range(10):
         store.add_telemetry(float(t), "host", {"cpu": t})
     assert store.prune_telemetry(older_than=7.0) == 7
-    with contextlib.closing(sqlite3.connect(store.path)) as db:
-        payloads = [json.loads(p) for (p,) in db.execute("SELECT payload FROM telemetry")]
-    assert sorted(p["cpu"] for p in payloads) == [7, 8, 9]
+    eng = _engine(target)
+    with eng.connect() as conn:  # as another reader sees it: the payload is JSON text
+        rows = conn.execute(text("SELECT CAST(payload AS TEXT) FROM telemetry")).scalars().all()
+    eng.dispose()
+    assert sorted(json.loads(p)["cpu"] for p in rows) == [7, 8, 9]
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "atari.db"
-    Store.open(path)
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE schema_version SET version = ?", (s.SCHEMA_VERSION + 1,))
+def test_newer_schema_is_refused(new_db) -> None:
+    target = new_db()
+    Store.open(target).close()
+    eng = _engine(target)
+    with eng.begin() as conn:
+        conn.execute(s.schema_version.update().values(version=s.SCHEMA_VERSION + 1))
+    eng.dispose()
     with pytest.raises(StoreError, match="newer than this atari-supervisor understands"):
-        Store.open(path)
+        Store.open(target)
 
 
-def _pre_v3_database(path: Path, version: int) -> Engine:
+def _pre_v3_database(path: Path | str, version: int) -> Engine:
     """The v1 tables, with runs still lacking v3's outcome and v5's device columns, stamped
     ``version``."""
-    eng = create_engine(f"sqlite:///{path}")
+    eng = _engine(path)
     with eng.begin() as conn:
         for name in s.V1_TABLES:
             s.metadata.tables[name].create(conn)
@@ -90,8 +115,8 @@ def _pre_v3_database(path: Path, version: int) -> Engine:
     return eng
 
 
-def test_older_schema_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def test_older_schema_is_migrated(new_db) -> None:
+    path = new_db()
     # A version-1 database: the v1 tables only (runs without its v3 outcome), with data in them.
     eng = _pre_v3_database(path, version=1)
     with eng.begin() as conn:
@@ -103,13 +128,14 @@ def test_older_schema_is_migrated(tmp_path: Path) -> None:
             "failed start: exit code 1",
             None,
         ):
-            conn.exec_driver_sql(
-                "INSERT INTO runs (game, pid, started_at, ended_at, reason) "
-                "VALUES ('Pong', 1, 0, ?, ?)", (None if reason is None else 1.0, reason),
+            conn.execute(
+                text("INSERT INTO runs (game, pid, started_at, ended_at, reason) "
+                     "VALUES ('Pong', 1, 0, :end, :reason)"),
+                {"end": None if reason is None else 1.0, "reason": reason},
             )  # fmt: skip
     eng.dispose()
     store = Store.open(path)
-    assert _version(path) == s.SCHEMA_VERSION == 5
+    assert _version_of(path) == s.SCHEMA_VERSION == 5
     assert store.evals() == []  # v3 -> v4: the evals table exists (issue 13)
     assert store.games()["Pong"]["episodes"] == 2
     store.upsert_model("Pong", "best", episode=2, return_=1.0, at=1.0, path="best.pt")
@@ -129,12 +155,15 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "corrupt" in msg and str(path) in msg and "\n" not in msg
 
 
-def test_foreign_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE customers (id INTEGER)")
-    with pytest.raises(StoreError, match="not an atari-supervisor database"):
+def test_foreign_database_is_refused(new_db) -> None:
+    path = new_db()
+    eng = _engine(path)
+    with eng.begin() as conn:
+        conn.execute(text("CREATE TABLE customers (id INTEGER)"))
+    eng.dispose()
+    with pytest.raises(StoreError, match="not an atari-supervisor database") as info:
         Store.open(path)
+    assert "\n" not in str(info.value)
 
 
 def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -166,10 +195,10 @@ def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
         holder.wait()
 
 
-def test_a_failed_migration_leaves_the_old_version_whole(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_migration_leaves_the_old_version_whole(new_db, monkeypatch) -> None:
     # A migration step that fails midway (after its DDL) must roll back whole: a half-migrated
     # file at the old version could never be opened again ("duplicate column name").
-    path = tmp_path / "v2.db"
+    path = new_db()
     _pre_v3_database(path, version=2).dispose()
     step = s.MIGRATIONS[2]
 
@@ -180,8 +209,96 @@ def test_a_failed_migration_leaves_the_old_version_whole(tmp_path: Path, monkeyp
     monkeypatch.setitem(s.MIGRATIONS, 2, power_cut)
     with pytest.raises(RuntimeError, match="power cut"):
         Store.open(path)
-    with sqlite3.connect(path) as db:
-        assert "outcome" not in [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+    eng = _engine(path)
+    with eng.connect() as conn:
+        assert "outcome" not in list(conn.execute(text("SELECT * FROM runs LIMIT 0")).keys())
+    eng.dispose()
     monkeypatch.setitem(s.MIGRATIONS, 2, step)
     Store.open(path).close()
-    assert _version(path) == s.SCHEMA_VERSION
+    assert _version_of(path) == s.SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------------------- PostgreSQL only
+
+
+def test_postgres_url_is_told_from_a_path_and_sqlite_urls_still_name_files(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'atari.db'}")
+    assert store.path == tmp_path / "atari.db" and store.engine.dialect.name == "sqlite"
+    assert _version(tmp_path / "atari.db") == s.SCHEMA_VERSION
+
+
+def test_two_processes_opening_one_new_postgres_database_create_it_once(pg_server) -> None:
+    # Boxes of a fleet start together: the advisory lock makes one create the tables and
+    # the other see them, instead of both failing on CREATE TABLE.
+    url = pg_server.fresh_url()
+    code = f"from daemon.store import Store; Store.open({url!r}).close(); print('ok')"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [o.strip() for o, _ in outs] == ["ok"] * 3, [e for _, e in outs]
+    assert _version_of(url) == s.SCHEMA_VERSION
+    eng = _engine(url)
+    with eng.connect() as conn:
+        assert conn.execute(s.schema_version.select()).all() == [(s.SCHEMA_VERSION,)]
+    eng.dispose()
+
+
+def test_unreachable_postgres_is_one_line_without_the_password(pg_server) -> None:
+    port = pg_server.port
+    pg_server.port = 1  # nothing listens there
+    try:
+        url = pg_server.url("nowhere").replace("postgres@", "postgres:s3cret@")
+    finally:
+        pg_server.port = port
+    with pytest.raises(StoreError) as info:
+        Store.open(url, busy_timeout_s=2)
+    msg = str(info.value)
+    assert "cannot reach PostgreSQL" in msg and "127.0.0.1:1/nowhere" in msg
+    assert "s3cret" not in msg and "\n" not in msg
+
+
+def test_a_missing_postgres_database_says_so(pg_server) -> None:
+    with pytest.raises(StoreError, match="does not exist; create it first") as info:
+        Store.open(pg_server.url("no_such_db"))
+    assert "\n" not in str(info.value)
+
+
+def test_the_store_survives_a_postgres_restart(pg_server) -> None:
+    # pg_ctl restart cuts every pooled connection; the next call must reconnect, not fail.
+    store = Store.open(pg_server.fresh_url())
+    store.upsert_game("Pong", state="RUNNING", target=10, episodes=1)
+    pg_server.restart()
+    store.upsert_game("Pong", episodes=2)
+    assert store.games()["Pong"]["episodes"] == 2
+
+
+# ---------------------------------------------------------------------------- the profile field
+
+_MINIMAL = Path(__file__).resolve().parents[1] / "fixtures" / "profiles" / "valid-minimal.yaml"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h:5432", "sqlite://"],
+)
+def test_a_bad_store_url_names_the_field_and_line(tmp_path: Path, url: str) -> None:
+    from daemon.config import ProfileError, load_profile
+
+    text_ = _MINIMAL.read_text()
+    prof = tmp_path / "p.yaml"
+    prof.write_text(text_ + f"store: {{url: '{url}'}}\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(prof)
+    msg = str(info.value)
+    assert f"{prof}:{text_.count(chr(10)) + 1}: store.url:" in msg and "\n" not in msg
+
+
+def test_store_url_defaults_to_the_state_dir_file_and_takes_a_postgres_url(tmp_path: Path) -> None:
+    from daemon.config import load_profile
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text(_MINIMAL.read_text())
+    assert load_profile(prof).store.url is None
+    url = "postgresql+psycopg://atari:pw@db.example:5432/atari?sslmode=require"
+    prof.write_text(_MINIMAL.read_text() + f"store: {{url: '{url}'}}\n")
+    assert load_profile(prof).store.url == url

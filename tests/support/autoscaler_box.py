@@ -1,4 +1,5 @@
-"""A simulated box for the autoscaler: fake clock, fake boot-id file, real SQLite store.
+"""A simulated box for the autoscaler: fake clock, fake boot-id file, real store (an SQLite
+file, or a database on a real PostgreSQL server).
 
 ``Box.restart_daemon`` builds a fresh ``Autoscaler`` on the same database, the way the daemon
 does at start (record the boot, restore, check), so every test also exercises persistence.
@@ -34,13 +35,16 @@ def policy(**overrides: Any) -> AutoscalerPolicy:
 
 
 class Box:
-    def __init__(self, tmp_path: Path, pol: AutoscalerPolicy) -> None:
+    def __init__(
+        self, tmp_path: Path, pol: AutoscalerPolicy, db: Path | str | None = None
+    ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.policy = pol
         self.clock = FakeClock(T0)
         self.boot_file = tmp_path / "boot_id"
         self.boot_file.write_text(f"{uuid.uuid4()}\n")
-        self.db = tmp_path / "atari.db"
+        # An SQLite file of its own unless given a database (a PostgreSQL URL: conftest.new_db).
+        self.db = tmp_path / "atari.db" if db is None else db
         self.store = Store.open(self.db)
         self.decisions: list[Decision] = []
         self.wanting = SLOTS  # games that want a slot (not DONE, FATAL or STOPPED)
