@@ -31,6 +31,7 @@ TB_DIR = "tb"
 ENV_AXIS, LEARNER_AXIS = "env", "learner"
 # Points kept while checkpoints fail (a full disk): the oldest go first, with one warning.
 MAX_PENDING = 200_000
+FLUSH_SECS = 10  # the writer thread's flush period: points are on disk this long after a commit
 LEARNER_EVERY = 1.0  # seconds between learner samples: one device sync each, not one per update
 
 
@@ -135,12 +136,16 @@ class Curves:
             # Filled one by one, so a failure closes the writers already made.
             self._writers = {}
             for axis in (ENV_AXIS, LEARNER_AXIS):
-                # flush_secs high: we flush ourselves at each commit.
-                self._writers[axis] = self._writer_cls(str(self.dir / axis), flush_secs=10**6)
+                # The writer's own thread writes and flushes (within FLUSH_SECS), so a commit
+                # only queues: a queue long enough never blocks the loop on the disk.
+                self._writers[axis] = self._writer_cls(
+                    str(self.dir / axis), max_queue=MAX_PENDING, flush_secs=FLUSH_SECS
+                )
         return self._writers
 
     def commit(self) -> None:
-        """Write every waiting point and flush; called after each checkpoint is on disk."""
+        """Hand every waiting point to the writer; called after each checkpoint is on disk. A
+        write error of the writer's thread comes back here (or at ``close``) on the next call."""
         if not self.enabled or (not self.pending and not self.texts):
             return
         try:
@@ -152,8 +157,6 @@ class Curves:
                 axis, tag, value, step, wall = self.pending[0]
                 writers[axis].add_scalar(tag, value, step, walltime=wall)
                 self.pending.popleft()
-            for w in writers.values():
-                w.flush()
         except Exception as exc:  # OSError, or the writer thread's error re-raised
             self._fail(exc)
 
