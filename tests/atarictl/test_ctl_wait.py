@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +92,24 @@ def test_stop_of_a_stopped_game_is_already_steady(daemon: Daemon) -> None:
     assert out.stdout.startswith("Acrobot-v1: STOPPED (after 0.0s)")
     out = daemon.ctl("start", "Acrobot-v1", "--wait")
     assert out.returncode == 0 and "RUNNING" in out.stdout, out
+
+
+def test_start_that_ends_fatal_prints_the_reason_and_exits_1(tmp_path: Path) -> None:
+    # A trainer argument the trainer refuses (exit 2, bad arguments): FATAL at once, no retry.
+    spec = daemon_profile({"CartPole-v1": 1_000_000}, slots=1).but(
+        trainer_args=["--stop-avg100", "nan"]
+    )
+    d = Daemon(tmp_path / "state", spec.write(tmp_path / "profile.yaml")).start()
+    try:
+        d.wait_for("CartPole-v1 FATAL", lambda: d.game("CartPole-v1")["state"] == "FATAL")
+        out = d.ctl("start", "CartPole-v1", "--wait")  # start clears FATAL; it fails again
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        line = out.stdout.strip()
+        assert line.startswith("CartPole-v1: FATAL (after "), line
+        assert "trainer exit code 2 (" in line, line
+        assert json.loads(d.ctl("start", "CartPole-v1", "--wait", "--json").stdout)["ok"] is False
+    finally:
+        d.stop()
 
 
 # ------------------------------------------------------------------ the loop, on a fake clock
