@@ -54,7 +54,7 @@ def test_status_through_the_socket_and_the_process(daemon: Daemon) -> None:
     lines = out.stdout.splitlines()
     assert lines[0].startswith("level light for ") and "not pinned" in lines[0]
     assert "reboots in last hour: " in lines[0]
-    assert lines[1].startswith("next decision: promote to medium if stable in ")
+    assert lines[1].startswith("next decision: promote to medium if stable and loaded in ")
     assert lines[2] in ("gpu: no GPU",) or "util" in lines[2]
     header = next(i for i, x in enumerate(lines) if x.startswith("GAME"))
     cart = lines[header + 1].split()

@@ -100,7 +100,13 @@ def test_four_reboots_fall_back_and_trainers_restart_at_light(box: dict[str, Any
 
     first = start("daemon0")
     medium = first.wait_for("promotion to medium", lambda: open_run(first, 0, "medium"), 120)
-    progress = first.wait_for("trainer at medium", lambda: trainer_up(first, medium["pid"]), 120)
+    # An episode at medium before the stop: the counter must then survive the reboots (on a
+    # loaded box the first progress file can come before the first episode).
+    progress = first.wait_for(
+        "an episode at medium",
+        lambda: (p := trainer_up(first, medium["pid"])) and p["episodes"] > 0 and p,
+        120,
+    )
     assert progress["num_envs"] == 4
     assert first.stop() == 0
     episodes_before = first.progress(GAME)["episodes"]
