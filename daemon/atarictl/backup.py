@@ -3,7 +3,9 @@ putting one back: `restore.py`).
 
 Archive layout (all paths relative, no links):
     manifest.json                 format, version, created_at, files {path: {size, sha256}}
-    atari.db                      consistent snapshot made with sqlite3's online backup API
+    atari.db                      consistent snapshot made with sqlite3's online backup API;
+                                  on a PostgreSQL store (store.url), the server's rows copied
+                                  into this SQLite file in one snapshot (daemon/store/portable.py)
     models.json                   the model registry export (see `atarictl models`)
     profile-in-effect.yaml        the profile the daemon last ran under (the copy it keeps)
     runs/<Game>/progress.json, episodes.jsonl, best.pt, checkpoints/ckpt-*.pt
@@ -94,6 +96,34 @@ def _snapshot_db(db: Path, dest: Path) -> None:
     finally:
         dst.close()
         src.close()
+
+
+def postgres_store_url(state_dir: Path) -> str | None:
+    """The daemon's ``store.url`` when it names PostgreSQL, read from the profile it last ran
+    under (the copy it keeps in the state dir); None for the state dir's own SQLite file."""
+    import yaml
+
+    from daemon.store import postgres
+
+    try:
+        doc = yaml.safe_load((state_dir / PROFILE_COPY_NAME).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    url = (doc.get("store") or {}).get("url") if isinstance(doc, dict) else None
+    return url if isinstance(url, str) and postgres.is_url(url) else None
+
+
+def _snapshot_postgres(url: str, dest: Path) -> None:
+    from daemon.store import Store, StoreError
+    from daemon.store.portable import copy_to_sqlite
+    from daemon.store.sqlite import DatabaseFileError, check_file
+
+    try:
+        store = Store.open(url)
+        copy_to_sqlite(store.engine, dest)
+        check_file(dest)
+    except (StoreError, DatabaseFileError) as exc:
+        raise BackupError(str(exc), "no_database") from None
 
 
 def _skip_symlink(path: Path) -> str:
@@ -279,12 +309,13 @@ def backup(
     paths: Dirs, out: Path, now: float | None = None, *, with_logs: bool = False
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
-    if not paths.db.is_file():
+    pg_url = postgres_store_url(paths.state_dir)
+    if pg_url is None and not paths.db.is_file():
         raise BackupError(
             f"no database at {paths.db}; nothing to back up (pass the daemon's --state-dir)",
             "no_database",
         )
-    if paths.db.is_symlink():
+    if pg_url is None and paths.db.is_symlink():
         raise BackupError(
             f"{paths.db}: is a symlink; backup reads only the state dir's own files (replace the "
             "link with the database file)",
@@ -302,7 +333,10 @@ def backup(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     try:
-        _snapshot_db(paths.db, stage / DB_NAME)
+        if pg_url is None:
+            _snapshot_db(paths.db, stage / DB_NAME)
+        else:
+            _snapshot_postgres(pg_url, stage / DB_NAME)
         (stage / "runs").mkdir()
         games, warnings = _stage_runs(paths.runs_dir, stage)
         # The state alone does not say what produced it: take the profile the daemon ran under.

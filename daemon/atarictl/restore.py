@@ -1,7 +1,11 @@
 """`atarictl restore`: verify the whole archive, extract into a staging dir inside the state dir,
 check the hashes again on disk, then swap `atari.db` and `runs/` into place under a journal
 (the intent file), so a crash mid-swap is finished forward by `recover_interrupted_restore`.
-The previous state is kept under `<state-dir>/pre-restore-<stamp>/`."""
+The previous state is kept under `<state-dir>/pre-restore-<stamp>/`.
+
+On a PostgreSQL store (the profile's ``store.url``), the archived rows are loaded into the server
+in one transaction (daemon/store/portable.py) instead of swapping the file in, after the
+server's current rows are saved as ``pre-restore-<stamp>/atari.db``; only ``runs/`` is swapped."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import psutil
 import structlog
 
 from daemon.atarictl.archive import BackupError, _walk, verify
+from daemon.atarictl.backup import postgres_store_url
 from daemon.atarictl.client import Client
 from daemon.paths import DB_NAME, LOCK_NAME, RUNS_NAME, Dirs, StateDirLocked, lock_state_dir
 
@@ -118,6 +123,21 @@ def _check_db(db: Path, archive: Path) -> None:
         )
 
 
+def _load_postgres(url: str, staged: Path, previous: Path) -> None:
+    """The current server rows saved to ``previous``, then the staged (migrated) file's rows
+    loaded in their place, in one transaction."""
+    from daemon.store import Store, StoreError
+    from daemon.store.portable import copy_to_sqlite, load_from_sqlite
+
+    try:
+        Store.open(staged).close()  # an older archive: its file migrated to this schema first
+        target = Store.open(url)
+        copy_to_sqlite(target.engine, previous)
+        load_from_sqlite(staged, target.engine)
+    except StoreError as exc:
+        raise BackupError(str(exc), "no_database") from None
+
+
 def _restore_locked(
     state: Path, archive: Path, manifest: dict[str, Any], now: float
 ) -> dict[str, Any]:
@@ -135,13 +155,19 @@ def _restore_locked(
         _walk(archive, stage)  # second pass writes and re-hashes what lands on disk
         _check_db(stage / DB_NAME, archive)
         (stage / RUNS_NAME).mkdir(exist_ok=True)
+        pg_url = postgres_store_url(state)
+        if pg_url is not None:
+            aside.mkdir()
+            _load_postgres(pg_url, stage / DB_NAME, aside / DB_NAME)
         # Old WAL sidecars must go with the old database, or SQLite would replay them into ours.
         # lexists: a (dangling) symlink is moved aside too, never written through.
+        swapped = (DB_NAME, RUNS_NAME) if pg_url is None else (RUNS_NAME,)
+        swap_names = SWAP_NAMES if pg_url is None else (RUNS_NAME,)
         renames = [
-            (name, f"{aside.name}/{name}") for name in SWAP_NAMES if os.path.lexists(state / name)
+            (name, f"{aside.name}/{name}") for name in swap_names if os.path.lexists(state / name)
         ]
-        renames += [(f"{stage.name}/{name}", name) for name in (DB_NAME, RUNS_NAME)]
-        if len(renames) > 2:
+        renames += [(f"{stage.name}/{name}", name) for name in swapped]
+        if len(renames) > len(swapped) and not aside.exists():
             aside.mkdir()
         intent = {
             "format": INTENT_FORMAT,

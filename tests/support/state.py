@@ -13,12 +13,13 @@ from daemon.store import Store
 from trainer.checkpoint import encode
 
 
-def populate_state(state: Path, now: float | None = None) -> Path:
+def populate_state(state: Path, now: float | None = None, db: Path | str | None = None) -> Path:
     """A state dir as the daemon leaves it: the real Store schema with a few rows of every kind,
-    and run dirs with real (checksummed) trainer checkpoint files."""
+    and run dirs with real (checksummed) trainer checkpoint files. ``db``: another store target
+    than the state dir's SQLite file (a PostgreSQL URL)."""
     now = time.time() if now is None else now
     state.mkdir(parents=True, exist_ok=True)
-    store = Store.open(state / "atari.db")
+    store = Store.open(db or state / "atari.db")
     try:
         store.record_boot("b00tid-1", now - 7200, reason="first boot", previous_boot_id=None)
         store.record_boot(
