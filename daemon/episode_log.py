@@ -52,18 +52,30 @@ class EpisodeLog:
                 first = self._first_after_time(f, size, start)
                 if first is None or first[1][0] > end:
                     return 0
-                last = first[1]
-                f.seek(first[0])
-                for line in f:
-                    rec = _record(line)
-                    if rec is None:
-                        continue
-                    if rec[0] > end:
-                        break
-                    last = rec
+                after = self._first_after_time(f, size, end)
+                last = self._last_before(f, first[0], size if after is None else after[0])
         except OSError:
             return 0
-        return max(0, last[1] - first[1][1] + 1)
+        return max(0, last[1] - first[1][1] + 1) if last is not None else 0
+
+    @staticmethod
+    def _last_before(f: IO[bytes], lo: int, hi: int) -> tuple[float, int] | None:
+        """The last valid record between offsets ``lo`` (a record's start) and ``hi`` (a line
+        start): read backwards from ``hi`` in growing chunks, never before ``lo``."""
+        back = 4096
+        while True:
+            start = max(lo, hi - back)
+            f.seek(start)
+            lines = f.read(hi - start).split(b"\n")
+            if start > lo:
+                lines = lines[1:]  # may begin inside a line
+            for line in reversed(lines):
+                rec = _record(line)
+                if rec is not None:
+                    return rec
+            if start == lo:
+                return None
+            back *= 4  # only torn lines in this chunk: look further back
 
     @staticmethod
     def _first_after(f: IO[bytes], offset: int) -> tuple[int, tuple[float, int]] | None:

@@ -119,3 +119,15 @@ def test_a_slow_game_widens_its_window_until_it_has_enough_episodes(tmp_path: Pa
     write_log(sparse, [T0 + 3600 * i for i in range(1, 4)])
     rate = episode_rate([(T0, T0 + 3 * 3600)], EpisodeLog(sparse).count, T0 + 9 * 3600)
     assert (rate.per_hour, rate.episodes, rate.window_s, rate.rough) == (1.0, 3, 3 * 3600, True)
+
+
+def test_torn_lines_at_either_end_of_a_range(tmp_path: Path) -> None:
+    with open(tmp_path / "episodes.jsonl", "w") as f:
+        for i in range(1, 11):
+            f.write(json.dumps({"t": T0 + i, "episode": i}) + "\n")
+            if i in (1, 5):
+                f.write('{"t": 1700000099.5, "epis\n')  # torn by a killed writer
+    log = EpisodeLog(tmp_path)
+    assert log.count(T0, T0 + 5.5) == 5  # the line before episode 6 is torn
+    assert log.count(T0 + 1, T0 + 5) == 4  # ... and the one after episode 1
+    assert log.count(T0 + 5.2, T0 + 5.8) == 0
