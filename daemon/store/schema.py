@@ -184,6 +184,20 @@ evals = Table(
     Column("detail", JSON),  # protocol, per-episode scores and lengths, video
 )
 
+# Fleet mode's game queue (daemon/store/leases.py, docs/fleet.md): one row per game offered to
+# the fleet; a box holds a game while ``expires_at`` lies ahead; ``token`` grows by one with every
+# claim (the fencing token). A new table, so no version step: ``create_all`` makes it at open.
+leases = Table(
+    "leases",
+    metadata,
+    Column("game", String, primary_key=True),
+    Column("work", Float, nullable=False, default=0.0),  # claim order: most work left first
+    Column("box", String),  # the holder, or null: never claimed / released
+    Column("token", BigInteger, nullable=False, default=0),
+    Column("claimed_at", Float),
+    Column("expires_at", Float, index=True),
+)
+
 V1_TABLES = (
     "schema_version",
     "boots",
