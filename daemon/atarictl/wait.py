@@ -167,19 +167,24 @@ def attach_wait_value(argv: list[str], default: float = DEFAULT_WAIT_S) -> list[
 
 def done_hint(row: dict[str, Any], profile: str | None) -> str:
     """Why ``start`` left a DONE game alone, and how to train it on."""
-    head = (
-        f"{row['game']}: DONE, nothing to start: its target is reached "
-        f"({row.get('episodes')}/{row.get('target')} episodes). To train on, "
-    )
+    episodes, target = row.get("episodes"), row.get("target")
+    by_trainer = isinstance(episodes, int) and isinstance(target, int) and episodes < target
+    if by_trainer:  # done before its episode count: --stop-avg100 in trainer_args
+        why = f"its trainer reported it done at {episodes}/{target} episodes (--stop-avg100)"
+        change = "drop --stop-avg100 from trainer_args and raise its target"
+    else:
+        why = f"its target is reached ({episodes}/{target} episodes)"
+        change = "raise its target"
+    head = f"{row['game']}: DONE, nothing to start: {why}. To train on, "
     if profile and _shipped(profile):
         # The packaged default lives inside the installed package: editing it there would be
         # lost on the next install, and reload re-reads the same path.
         return head + (
-            f"copy the default profile ({profile}), raise its target in the copy and restart "
+            f"copy the default profile ({profile}), {change} in the copy and restart "
             "atari-supervisord with --profile COPY"
         )
     where = f" ({profile})" if profile else ""
-    return head + f"raise its target in the profile{where} and run `atarictl reload`"
+    return head + f"{change} in the profile{where} and run `atarictl reload`"
 
 
 def _shipped(profile: str) -> bool:

@@ -70,6 +70,19 @@ def read_progress(run_dir: Path) -> dict[str, Any]:
     return fields
 
 
+def _trainer_done(g: Game) -> bool:
+    """The trainer itself reported the game done before its episode target (``--stop-avg100``)
+    for a target at least as large as today's: no run would add anything. A raised target
+    resumes it (its trainer decides again)."""
+    done_for = g.progress.get("target_episodes")
+    return (
+        g.progress.get("status") == "done"
+        and isinstance(done_for, int)
+        and not isinstance(done_for, bool)
+        and done_for >= g.target
+    )
+
+
 def _backoff(profile: Profile) -> BackoffPolicy:
     b = profile.backoff
     return BackoffPolicy(b.initial, b.factor, b.max, b.reset_after, b.storm_crashes, b.storm_window,
@@ -174,6 +187,8 @@ class ProcessManager:
             prev = row.get("state")
             if episodes >= g.target:
                 g.done(f"target reached ({episodes}/{g.target} episodes)")
+            elif _trainer_done(g):
+                g.done(f"trainer reported done ({episodes}/{g.target} episodes)")
             elif prev in (State.STOPPED.value, State.FATAL.value):
                 g.restored(State(prev), f"restored {prev} from the store")
             elif contract.has_checkpoint(self.run_dir(g.name)):
@@ -532,7 +547,9 @@ class ProcessManager:
         out = {}
         for g in self._select(names):
             if g.state in (State.STOPPED, State.FATAL) or (
-                g.state is State.DONE and int(g.progress.get("episodes") or 0) < g.target
+                g.state is State.DONE
+                and int(g.progress.get("episodes") or 0) < g.target
+                and not _trainer_done(g)
             ):
                 prev = g.state
                 g.requeue("operator start")
@@ -600,7 +617,11 @@ class ProcessManager:
                 g.target = gt.target
                 if g.state in (State.STARTING, State.RUNNING):
                     self._stop(g, After.RESTART, "reload: target changed")
-                elif g.state is State.DONE and int(g.progress.get("episodes") or 0) < g.target:
+                elif (
+                    g.state is State.DONE
+                    and int(g.progress.get("episodes") or 0) < g.target
+                    and not _trainer_done(g)
+                ):
                     g.requeue("reload: target raised")
                     self._decide(g, State.DONE, "reload: target raised")
         wanted = {gt.name for gt in profile.games}
