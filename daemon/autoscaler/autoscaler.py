@@ -329,9 +329,10 @@ class Autoscaler:
             return None
         self.watch.paused_at = now
         reason = (
-            f"pause: {found.detail} for {guards.fmt_duration(found.lasted_s)} at the bottom rung "
-            f"{self.current_level()} >= pause_after={guards.fmt_duration(p.pause_after)}; the "
-            "newest game is checkpointed and requeued rather than let the kernel pick a victim"
+            f"pause: {found.detail} for {guards.fmt_duration(round(found.lasted_s))} at the "
+            f"bottom rung {self.current_level()} >= pause_after="
+            f"{guards.fmt_duration(p.pause_after)}; the newest game is checkpointed and requeued "
+            "rather than let the kernel pick a victim"
         )
         return self._decide("level", "pause", source, source, now, reason)
 

@@ -130,7 +130,7 @@ class Pressure:
     lasted_s: float
 
     def reason(self, p: PressurePolicy) -> str:
-        return (f"{self.detail} for {fmt_duration(self.lasted_s)} "
+        return (f"{self.detail} for {fmt_duration(round(self.lasted_s))} "
                 f">= shed_after={fmt_duration(p.shed_after)}")  # fmt: skip
 
 
