@@ -124,6 +124,13 @@ def test_a_memory_limit_sheds_medium_before_any_oom_kill_and_the_guard_refuses_i
                         "'$.oom_kill_source') FROM telemetry WHERE kind = 'pressure' "
                         "ORDER BY id DESC LIMIT 1")  # fmt: skip
     assert oom == [(0, "cgroup")]
+    # Its PSI came from the unit's own cgroup v2 directory, parsed from the real files there.
+    (source, full10), = service.query(
+        "SELECT json_extract(payload, '$.psi_source'), json_extract(payload, "
+        "'$.psi.memory.full.avg10') FROM telemetry WHERE kind = 'pressure' "
+        "ORDER BY id DESC LIMIT 1")  # fmt: skip
+    assert source.startswith("cgroup:/sys/fs/cgroup/") and source.endswith(f"/system.slice/{UNIT}")
+    assert isinstance(full10, float) and 0.0 <= full10 <= 100.0
 
     # The guard on (a reload of the edited profile): the next promotion is refused, with the
     # projection from what the light trainers use now.
