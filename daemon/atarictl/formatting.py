@@ -200,6 +200,9 @@ def format_status(st: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(table(GAME_COLUMNS, rows) if rows else "(no games)")
+    # Why a game waits although it has work left: the autoscaler paused it under pressure.
+    lines += [f"{g['game']} {g['reason']}" for g in st["games"] if g["state"] == "QUEUED"
+              and str(g.get("reason") or "").startswith("paused under pressure")]  # fmt: skip
     tail = f"total ETA {eta(st['total_eta_s'], st.get('total_eta_rough'))}"
     if st["gpu_cost_per_hour"] is not None:
         cost = st["projected_cost"]

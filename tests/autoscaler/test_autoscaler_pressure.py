@@ -217,6 +217,11 @@ def test_pressure_at_the_bottom_rung_pauses_the_newest_game(box) -> None:
     assert newest.state is State.QUEUED
     assert sum(g.proc is not None for g in s.manager.games.values()) == 1
     assert level_rows(s)[-1]["reason"].startswith("pause: memory PSI full avg10 35.0%")
+    # `atarictl status` says why it waits.
+    from daemon.atarictl.formatting import format_status
+
+    shown = format_status(s.cmd_status({}))
+    assert f"{newest.name} paused under pressure (pause: memory PSI full avg10 35.0%" in shown
     # Pressure gone: nothing more is paused, and the last trainer is never paused.
     tree.set(psi_full=0.0)
     for _ in range(4):
