@@ -83,6 +83,10 @@ def _trainer_done(g: Game) -> bool:
     )
 
 
+def _why_done(episodes: int, target: int) -> str:
+    return "target reached" if episodes >= target else "trainer reported done"
+
+
 def _backoff(profile: Profile) -> BackoffPolicy:
     b = profile.backoff
     return BackoffPolicy(b.initial, b.factor, b.max, b.reset_after, b.storm_crashes, b.storm_window,
@@ -345,7 +349,8 @@ class ProcessManager:
                 reason += f" after stop_grace={self.profile.stop_grace:g}s"
             if rc == 0 and reached:
                 outcome = Outcome.DONE
-                g.done(f"target reached ({episodes}/{g.target} episodes) while stopping")
+                g.done(f"{_why_done(episodes, g.target)} ({episodes}/{g.target} episodes) while "
+                       "stopping")
             else:
                 frozen = after is After.RESTART and g.stop_reason.startswith("frozen")
                 g.exited_while_stopping(self.policy if frozen else None)
@@ -353,7 +358,7 @@ class ProcessManager:
                     reason = g.reason
         elif rc == 0 and reached:
             outcome = Outcome.DONE
-            reason = f"target reached ({episodes}/{g.target} episodes): {text}"
+            reason = f"{_why_done(episodes, g.target)} ({episodes}/{g.target} episodes): {text}"
             g.done(reason)
         elif (fatal := contract.fatal_reason(code)) is not None:
             reason = fatal  # retrying cannot help (trainer/contract.py: ExitCode)

@@ -29,6 +29,7 @@ def test_done_by_the_trainer_stays_done_across_a_restart_and_a_start(tmp_path: P
     try:
         d.wait_for("CartPole-v1 DONE", lambda: d.game("CartPole-v1")["state"] == "DONE")
         episodes = d.game("CartPole-v1")["episodes"]
+        assert d.game("CartPole-v1")["reason"].startswith(f"trainer reported done ({episodes}/")
         assert 100 <= episodes < 1_000_000
         assert d.stop() == 0
         d.start()
