@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag().install()
     try:
         args, given = parse_given(argv)
+        if args.fence_token is not None:
+            from trainer.rundir import check_fence, set_fence
+
+            set_fence(args.run_dir, args.fence_token)
+            check_fence()  # superseded before it starts: touch nothing
         if args.device == "cuda":
             import torch
 

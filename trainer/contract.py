@@ -97,6 +97,12 @@ class Args:
     tensorboard: bool = _arg(
         True, "TensorBoard curves in <run-dir>/tb, written at each checkpoint", RUN
     )
+    fence_token: int | None = _arg(
+        None,
+        "fleet mode: this run's fencing token; before each write into the run dir the trainer "
+        "reads <run-dir>/fence and exits 8 (superseded) when it holds a larger token",
+        RUN,
+    )
 
     @property
     def env_id(self) -> str:
@@ -198,6 +204,7 @@ class ExitCode(enum.IntEnum):
     CHECKPOINT_UNLOADABLE = 5
     RUN_DIR_BUSY = 6
     NO_VALID_CHECKPOINT = 7
+    SUPERSEDED = 8  # fleet mode: the run dir's fence holds a newer holder's token
 
     @property
     def meaning(self) -> str:
@@ -218,6 +225,7 @@ _MEANING = {
     ExitCode.CHECKPOINT_UNLOADABLE: "a checkpoint passed its checksum but cannot be loaded",
     ExitCode.RUN_DIR_BUSY: "run dir busy: another trainer holds its lock",
     ExitCode.NO_VALID_CHECKPOINT: "every checkpoint in the run dir is corrupt",
+    ExitCode.SUPERSEDED: "superseded: the run dir's fence holds a newer fencing token",
 }
 
 
@@ -229,6 +237,7 @@ _FIX = {
     ExitCode.CHECKPOINT_UNLOADABLE: "move the checkpoint named in the game's log aside",
     ExitCode.RUN_DIR_BUSY: "stop the other trainer (the game's log has its pid)",
     ExitCode.NO_VALID_CHECKPOINT: "restore a backup, or move the checkpoints aside to start over",
+    ExitCode.SUPERSEDED: "another holder owns the game now (fleet mode); nothing to fix here",
 }
 
 
@@ -253,6 +262,9 @@ EPISODES_FILE = "episodes.jsonl"
 BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = "trainer.lock"  # flock()ed for the trainer's lifetime; holds its pid
+# Fleet mode: the newest holder's fencing token, one integer; a trainer started with a smaller
+# --fence-token writes nothing more (exit SUPERSEDED). Absent: no fencing.
+FENCE_FILE = "fence"
 # The daemon's own evals (daemon/evals.py) keep the weights with the best eval score apart from
 # best.pt, with that score beside them; the trainer never writes either.
 BEST_EVAL_FILE = "best-eval.pt"

@@ -25,6 +25,7 @@ from trainer.contract import (
     CHECKPOINT_DIR,
     CHECKPOINT_NAME,
     EPISODES_FILE,
+    FENCE_FILE,
     LOCK_FILE,
     PROGRESS_FILE,
     TEMP_NAME,
@@ -58,6 +59,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Fleet mode's fence (this process's run dir and fencing token), set once from --fence-token.
+# A process-wide setting rather than an argument: every write into the run dir, whichever module
+# makes it (progress, checkpoint, best.pt), goes through write_atomic, which checks it.
+_fence: tuple[Path, int] | None = None
+
+
+def set_fence(run_dir: Path, token: int | None) -> None:
+    global _fence
+    _fence = None if token is None else (run_dir, token)
+
+
+def check_fence() -> None:
+    """Raise UsageError(SUPERSEDED) when the run dir's fence holds a token newer than ours.
+
+    Read just before each rename: a holder that was paused past its lease (SIGSTOP, a network
+    partition) and resumes finds the new holder's token there and stops without writing. What
+    it cannot stop is a rename already past this check when the new holder wrote the fence; the
+    new holder's trainer takes seconds to start, far longer than that window (docs/fleet.md)."""
+    if _fence is None:
+        return
+    run_dir, token = _fence
+    try:
+        text = (run_dir / FENCE_FILE).read_text().strip()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(
+            f"atari-trainer: cannot read {run_dir / FENCE_FILE} ({exc.strerror}); not writing "
+            "without knowing the fence", ExitCode.SUPERSEDED,
+        ) from None  # fmt: skip
+    newest = int(text) if text.isdigit() else None
+    if newest is None or newest > token:
+        raise UsageError(
+            f"atari-trainer: superseded: {run_dir / FENCE_FILE} holds token {text!r:.40}, ours "
+            f"is {token}; another holder owns this game now, exiting without writing",
+            ExitCode.SUPERSEDED,
+        )
+
+
 def write_fd(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -74,6 +114,7 @@ def write_atomic(path: Path, data: bytes, write: Callable[[int, bytes], None] = 
             os.fsync(fd)
         finally:
             os.close(fd)
+        check_fence()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -141,6 +182,7 @@ class RunFiles:
     def append_episode(self, record: dict[str, Any]) -> None:
         # Like a failed checkpoint or progress write (disk full), a failed log line must not
         # kill the run and lose everything since the last checkpoint: log it, reopen next time.
+        check_fence()  # outside the try: superseded is not a failed write to shrug off
         try:
             if self._episodes_file is None:
                 self._episodes_file = open(self.episodes_path, "a", buffering=1)  # noqa: SIM115
