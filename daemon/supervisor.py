@@ -295,6 +295,8 @@ class Supervisor:
             return
         if decision.trigger == "pause":
             self.manager.pause_newest(decision.reason)
+        elif decision.trigger == "resume":
+            self.manager.resume_paused(decision.reason)
         else:
             self._sync_level(f"autoscaler {decision.trigger}")
 

@@ -25,7 +25,7 @@ from daemon.autoscaler.boots import (
 from daemon.autoscaler.machine import AUTOMATIC_TRIGGERS, LevelModel, build_machine
 from daemon.autoscaler.policy import Facts
 from daemon.autoscaler.repository import AutoscalerRepository, DecisionRow, StoredState
-from daemon.autoscaler.shedding import PressureWatch, Reading, level_sizes
+from daemon.autoscaler.shedding import PressureWatch, Reading, calm_for, level_sizes
 from daemon.autoscaler.states import (
     is_upward,
     level_of,
@@ -319,6 +319,7 @@ class Autoscaler:
         ):
             reason = self._shed_reason(facts, source, self.state, now)
             self._entered_at = now
+            self.watch.paused, self.watch.paused_at = 0, None  # the level change resumes them
             return self._decide("level", "shed", source, self.state, now, reason)
         if level_of(source, self.policy.fallback_level) != self.policy.ladder[0]:
             return None
@@ -326,8 +327,20 @@ class Autoscaler:
         since = max(facts.entered_at, self.watch.paused_at or facts.entered_at)
         found = self.watch.pressure(now, since, p.pause_after)
         if found is None:
+            if self.watch.paused and calm_for(self.watch.readings or (), p, now, since,
+                                              p.pause_after):  # fmt: skip
+                # Pressure has gone for pause_after: one paused game gets its slot back.
+                self.watch.paused -= 1
+                self.watch.paused_at = now
+                reason = (
+                    f"resume: no pressure signal over its threshold for "
+                    f"{guards.fmt_duration(p.pause_after)} (pause_after) at "
+                    f"{self.current_level()}; one paused game gets its slot back"
+                )
+                return self._decide("level", "resume", source, source, now, reason)
             return None
         self.watch.paused_at = now
+        self.watch.paused += 1
         reason = (
             f"pause: {found.detail} for {guards.fmt_duration(round(found.lasted_s))} at the "
             f"bottom rung {self.current_level()} >= pause_after="

@@ -157,6 +157,20 @@ def sustained(
     return None
 
 
+def calm_for(readings: Iterable[Reading], p: PressurePolicy, now: float, since: float,
+             need_s: float) -> bool:
+    """No signal over its threshold in any reading of the last ``need_s`` seconds (counting from
+    ``since`` at the earliest), with fresh telemetry: pressure has really gone."""
+    rs = sorted((r for r in readings if since <= r.at <= now), key=lambda r: r.at)
+    if not rs or now - rs[-1].at > p.shed_after:
+        return False
+    calm_from = since
+    for r in rs:
+        if signals_over(r, p):
+            calm_from = r.at
+    return rs[-1].at - calm_from >= need_s
+
+
 # -- the promotion guard ---------------------------------------------------------------------
 
 
@@ -251,7 +265,8 @@ class PressureWatch:
     readings: deque[Reading] | None = None
     sizes: dict[str, LevelSize] | None = None
     shed_until: float = 0.0  # no promotion before this (a shed counts as a failed promotion)
-    paused_at: float | None = None  # the last bottom-rung pause
+    paused_at: float | None = None  # the last bottom-rung pause (or resume)
+    paused: int = 0  # games paused and not resumed yet (a level change resumes them all)
     refused_at: float | None = None  # the last refused promotion written to the decisions
 
     def __post_init__(self) -> None:

@@ -115,7 +115,7 @@ class ProcessManager:
         # The GPUs as NVML sees them now (the supervisor wires its probe in); none on a CPU box.
         self.gpus: Callable[[], list[Gpu]] = list
         # Slots the autoscaler took back at the bottom rung under pressure (``pause_newest``);
-        # a level change gives them back.
+        # ``resume_paused`` gives one back, a level change all.
         self.paused_slots = 0
 
     # ------------------------------------------------------------------ paths and records
@@ -451,8 +451,9 @@ class ProcessManager:
 
     def pause_newest(self, reason: str) -> str | None:
         """Sustained pressure at the bottom rung: stop the most recently started trainer
-        (SIGTERM, it checkpoints), requeue it and take its slot away until the next level change,
-        so the kernel's OOM killer never picks the victim. One trainer keeps running."""
+        (SIGTERM, it checkpoints), requeue it and take its slot away until ``resume_paused`` or
+        the next level change, so the kernel's OOM killer never picks the victim. One trainer
+        keeps running."""
         live = [g for g in self.games.values() if g.state in (State.STARTING, State.RUNNING)]
         if len(live) <= 1:
             log.warning("pressure at the bottom rung with one trainer left: nothing paused",
@@ -462,6 +463,15 @@ class ProcessManager:
         self.paused_slots += 1
         self._stop(newest, After.QUEUED, f"paused under pressure ({reason})")
         return newest.name
+
+    def resume_paused(self, reason: str) -> None:
+        """Pressure has gone: one slot taken by ``pause_newest`` comes back, and the queue (the
+        paused game first, being the longest or the earliest) fills it."""
+        if self.paused_slots == 0:
+            return
+        self.paused_slots -= 1
+        log.info("slot given back after pressure", reason=reason, paused_slots=self.paused_slots)
+        self._fill_slots()
 
     def _fill_slots(self) -> None:
         if self.draining:

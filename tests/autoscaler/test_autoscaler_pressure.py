@@ -222,11 +222,17 @@ def test_pressure_at_the_bottom_rung_pauses_the_newest_game(box) -> None:
 
     shown = format_status(s.cmd_status({}))
     assert f"{newest.name} paused under pressure (pause: memory PSI full avg10 35.0%" in shown
-    # Pressure gone: nothing more is paused, and the last trainer is never paused.
+    # Pressure gone: nothing more is paused; after pause_after of calm the slot comes back and
+    # the paused game resumes from its checkpoint.
     tree.set(psi_full=0.0)
-    for _ in range(4):
+    for _ in range(2):
         tick(s, clock)
     assert sum(g.proc is not None for g in s.manager.games.values()) == 1
+    tick(s, clock)
+    assert level_rows(s)[-1]["reason"].startswith(
+        "resume: no pressure signal over its threshold for 1.5 min (pause_after) at light")
+    assert newest.state is State.STARTING
+    assert sum(g.proc is not None for g in s.manager.games.values()) == 2
 
 
 def test_low_memory_available_sheds_and_a_calm_box_does_not(box) -> None:
