@@ -636,7 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handler())
     except CtlError as exc:
-        print(f"atarictl: {exc}", file=sys.stderr)
+        message = str(exc)
+        if exc.exit_code == EXIT_USAGE and "; " not in message:
+            message += f"; see 'atarictl {args.command} --help'"  # a usage error's FIX
+        print(f"atarictl: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

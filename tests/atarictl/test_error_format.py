@@ -59,6 +59,19 @@ def test_bad_option_values_are_one_line(argv: list[str], capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize(
+    "argv", [["plot", "--out", "curves.jpg"], ["eval", "Pong", "--episodes", "0"]]
+)
+def test_usage_errors_found_after_parsing_name_the_help(
+    argv: list[str], state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if argv[0] not in COMMANDS:
+        pytest.skip(f"atarictl has no {argv[0]} command")
+    code, out, err = run([*argv, "--state-dir", str(state)], capsys)
+    assert code == cli.EXIT_USAGE and out == ""
+    assert one_error_line(err).endswith(f"; see 'atarictl {argv[0]} --help'")
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["status"], ["start", "Pong"], ["stop", "Pong", "--wait"], ["restart", "all"],
