@@ -56,6 +56,7 @@ from daemon.atarictl.archive import (
     verify,
 )
 from daemon.atarictl.offline import models as registry_rows
+from daemon.atarictl.offline import postgres_store_url
 from daemon.paths import DB_NAME, PROFILE_COPY_NAME, Dirs
 from trainer import contract
 
@@ -96,21 +97,6 @@ def _snapshot_db(db: Path, dest: Path) -> None:
     finally:
         dst.close()
         src.close()
-
-
-def postgres_store_url(state_dir: Path) -> str | None:
-    """The daemon's ``store.url`` when it names PostgreSQL, read from the profile it last ran
-    under (the copy it keeps in the state dir); None for the state dir's own SQLite file."""
-    import yaml
-
-    from daemon.store import postgres
-
-    try:
-        doc = yaml.safe_load((state_dir / PROFILE_COPY_NAME).read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    url = (doc.get("store") or {}).get("url") if isinstance(doc, dict) else None
-    return url if isinstance(url, str) and postgres.is_url(url) else None
 
 
 def _snapshot_postgres(url: str, dest: Path) -> None:

@@ -1,5 +1,9 @@
 """Read-only reads of the daemon's SQLite file: status when the daemon is down, history, models.
 
+On a PostgreSQL store (``store.url`` in the profile the daemon last ran under) the same reads run
+on a snapshot of the server's rows taken into a temporary SQLite file (one REPEATABLE READ READ
+ONLY transaction, daemon/store/portable.py), so every offline command works unchanged.
+
 Always opened with `mode=ro`: atarictl must never write the daemon's database, and a WAL
 database serves consistent read snapshots while the daemon writes. Queries select only the
 columns that exist, so an older or newer schema degrades to `-` fields instead of crashing.
@@ -28,8 +32,48 @@ class NoDatabase(CtlError):
     exit_code = 3
 
 
+def postgres_store_url(state_dir: Path) -> str | None:
+    """The daemon's ``store.url`` when it names PostgreSQL, read from the profile it last ran
+    under (the copy it keeps in the state dir); None for the state dir's own SQLite file."""
+    import yaml
+
+    from daemon.paths import PROFILE_COPY_NAME
+    from daemon.store import postgres
+
+    try:
+        doc = yaml.safe_load((state_dir / PROFILE_COPY_NAME).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    url = (doc.get("store") or {}).get("url") if isinstance(doc, dict) else None
+    return url if isinstance(url, str) and postgres.is_url(url) else None
+
+
+@contextlib.contextmanager
+def _postgres_snapshot(url: str) -> Iterator[Path]:
+    import tempfile
+
+    from sqlalchemy.exc import DBAPIError
+
+    from daemon.store import postgres
+    from daemon.store.portable import copy_to_sqlite
+
+    with tempfile.TemporaryDirectory(prefix="atarictl-pg-") as tmp:
+        engine = postgres.make_engine(url, 5.0)
+        try:
+            copy_to_sqlite(engine, Path(tmp) / "atari.db")
+        except DBAPIError as exc:
+            raise CtlError(postgres.explain(postgres.label(url), exc), "db") from None
+        finally:
+            engine.dispose()
+        yield Path(tmp) / "atari.db"
+
+
 @contextlib.contextmanager
 def connect_ro(db: Path) -> Iterator[sqlite3.Connection]:
+    if not db.is_file() and (url := postgres_store_url(db.parent)) is not None:
+        with _postgres_snapshot(url) as snap, connect_ro(snap) as conn:
+            yield conn
+        return
     if not db.is_file():
         raise NoDatabase(
             f"no database at {db}; the daemon has never run with this state dir "
@@ -330,7 +374,7 @@ def models(db: Path, runs_dir: Path) -> list[dict[str, Any]]:
     """The model registry (store table `models`), completed from run dirs for games the store
     does not list yet, so `atarictl models` answers even before the first registry write."""
     rows: list[dict[str, Any]] = []
-    if db.is_file():
+    if db.is_file() or postgres_store_url(db.parent) is not None:
         with connect_ro(db) as conn:
             for r in _select(
                 conn,

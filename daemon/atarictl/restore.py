@@ -26,8 +26,8 @@ import psutil
 import structlog
 
 from daemon.atarictl.archive import BackupError, _walk, verify
-from daemon.atarictl.backup import postgres_store_url
 from daemon.atarictl.client import Client
+from daemon.atarictl.offline import postgres_store_url
 from daemon.paths import DB_NAME, LOCK_NAME, RUNS_NAME, Dirs, StateDirLocked, lock_state_dir
 
 log = structlog.get_logger("daemon.atarictl.restore")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tarfile
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, select
@@ -84,3 +85,47 @@ def test_a_sqlite_backup_restores_into_a_postgres_store(tmp_path: Path, pg_serve
     assert out.returncode == 0, out.stderr
     assert _dump(url) == _dump(old / "atari.db")
     assert (new / "runs" / "Pong" / "best.pt").is_file()
+
+
+def test_offline_reads_of_a_postgres_store_match_the_same_state_on_sqlite(
+    tmp_path: Path, pg_server
+) -> None:
+    # The daemon is down: status and history read PostgreSQL just as they read SQLite. The same
+    # rows in both stores must print the same thing (the state dir's path aside).
+    now = time.time() - 60  # one instant for both stores
+    url = pg_server.fresh_url("offline")
+    lite = populate_state(tmp_path / "lite", now=now)
+    pg = populate_state(tmp_path / "pg", now=now, db=url)
+    (pg / "profile-in-effect.yaml").write_text(f"store: {{url: '{url}'}}\n")
+    # status exits 3 (daemon not running, read from the store), the others 0.
+    for cmd, rc in ((["status", "--json"], 3), (["history", "--json", "--since", "30d"], 0),
+                    (["models", "--json"], 0)):  # fmt: skip
+        a = atarictl("--state-dir", str(lite), *cmd)
+        b = atarictl("--state-dir", str(pg), *cmd)
+        assert a.returncode == b.returncode == rc, (a.stderr, b.stderr)
+        assert "Pong" in a.stdout
+        if cmd[0] == "status":  # ages move with the clock: compare what the rows say
+            sa, sb = json.loads(a.stdout), json.loads(b.stdout)
+            keys = ("game", "state", "episodes", "target", "best_return", "avg100", "pid")
+            assert [[g.get(k) for k in keys] for g in sb["games"]] == [
+                [g.get(k) for k in keys] for g in sa["games"]]  # fmt: skip
+            assert sb.get("level") == sa.get("level") and sa["games"]
+        else:
+            da = json.loads(a.stdout.replace(str(lite), "STATE"))
+            db = json.loads(b.stdout.replace(str(pg), "STATE"))
+            da.pop("since", None), db.pop("since", None)  # taken from the clock at the call
+            for m in da.get("models", []) + db.get("models", []):
+                if m["source"] != "registry":
+                    m.pop("at")  # a run dir file's mtime: the two state dirs were made apart
+            assert db == da
+    assert not (pg / "atari.db").exists()
+
+
+def test_offline_status_with_postgres_down_is_one_line(tmp_path: Path, pg_server) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    url = pg_server.url("gone").replace(f":{pg_server.port}/", ":1/")  # nothing listens
+    (state / "profile-in-effect.yaml").write_text(f"store: {{url: '{url}'}}\n")
+    out = atarictl("--state-dir", str(state), "status")
+    assert out.returncode != 0
+    assert "cannot reach PostgreSQL" in out.stderr and len(out.stderr.strip().splitlines()) == 1
