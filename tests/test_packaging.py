@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a wheel build, a venv and a daemon start: ~25 s
+
 ROOT = Path(__file__).resolve().parents[1]
 # What the wheel is built from: everything setup.py and pyproject.toml read.
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "daemon", "trainer", "profiles", "systemd")
