@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonPool, RealDaemon
-from tests.support.postgres import PgServer, find_bindir
+from tests.support.postgres import PgServer, find_bindir, missing
 
 # Two cores in CI: keep torch and OpenMP from oversubscribing them in every subprocess too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -36,10 +36,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One real PostgreSQL server for the whole session (tests/support/postgres.py)."""
+    why = missing()
     bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine: set PG_BINDIR or "
-                    "install postgresql to run the PostgreSQL store tests")  # fmt: skip
+    if why is not None or bindir is None:
+        pytest.skip(why or "no PostgreSQL binaries")
     server = PgServer(bindir).start()
     try:
         yield server

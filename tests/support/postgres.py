@@ -40,6 +40,22 @@ def find_bindir() -> Path | None:
     return None
 
 
+def missing() -> str | None:
+    """Why no test server can be started here (the fixtures' skip reason), or None."""
+    if find_bindir() is None:
+        return ("no PostgreSQL binaries (initdb, pg_ctl) on this machine: set PG_BINDIR or "
+                "install postgresql to run the PostgreSQL store tests")  # fmt: skip
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            return (f"running as root and there is no {SERVER_USER!r} user to run the server "
+                    "as (initdb refuses root)")  # fmt: skip
+        if shutil.which("runuser") is None:
+            return "running as root and there is no runuser to start the server as postgres"
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
