@@ -6,7 +6,8 @@ Supervisor's ``getProcessInfo`` feeds ``supervisorctl`` one dict per process; he
 down (``daemon/atarictl/offline.py``), and both go through ``game_row`` and ``build`` below, so
 the ETA, the total ETA and the projected cost have one formula each. The client only formats.
 
-Standard library only at import: atarictl loads it without the daemon's packages.
+Standard library only at import (and the stdlib-only ``daemon.episode_log``): atarictl loads it
+without the daemon's packages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from daemon.episode_log import episode_counter
 
 # Games that wait for nobody (a slot will not start them): not part of the remaining plan.
 _FINISHED = ("DONE", "FATAL")
@@ -165,6 +169,37 @@ def game_row(
     )  # fmt: skip
 
 
+def game_rate(spans: list[tuple[float, float | None]], run_dir: Path, now: float) -> Rate:
+    """``episode_rate`` over the episodes.jsonl in ``run_dir`` (none yet: no rate)."""
+    log = episode_counter(run_dir)
+    return episode_rate(spans, None if log is None else log.count, now)
+
+
+def stored_rows(
+    games: list[dict[str, Any]], runs: list[dict[str, Any]], last_heartbeat: float | None,
+    runs_dir: Path, now: float,
+) -> list[GameRow]:  # fmt: skip
+    """Game rows from the store's tables (``games`` rows with name, state, target, episodes,
+    best_return, avg100, episodes_per_hour, last_checkpoint_time; ``runs`` rows with game,
+    started_at, ended_at, oldest first), the rate from each game's run dir under ``runs_dir``:
+    atarictl's offline status and the periodic report read the state dir the same way."""
+    spans: dict[str, list[tuple[float, float | None]]] = {}
+    for r in runs:
+        # A run still open counts up to the daemon's last heartbeat (it may be down now).
+        end = r["ended_at"] if r["ended_at"] is not None else last_heartbeat
+        spans.setdefault(r["game"], []).append((r["started_at"], end))
+    return [
+        game_row(
+            game=g["name"], state=g["state"] or "unknown", target=g["target"], now=now,
+            episodes=g["episodes"] or 0, episodes_per_hour=g["episodes_per_hour"],
+            best=g["best_return"], avg100=g["avg100"],
+            last_checkpoint_time=g["last_checkpoint_time"],
+            rate_of=game_rate(spans.get(g["name"], []), runs_dir / g["name"], now),
+        )
+        for g in games
+    ]  # fmt: skip
+
+
 def total_eta(games: list[GameRow], slots: int | None) -> float | None:
     """Work left across games, spread over the level's parallel slots (a queue runs later games
     after earlier ones finish); never less than the longest single game. None when some game
@@ -177,6 +212,11 @@ def total_eta(games: list[GameRow], slots: int | None) -> float | None:
         return None
     known = [w for w in work if w is not None]
     return max(max(known), sum(known) / max(1, slots or len(pending)))
+
+
+def total_eta_rough(games: list[GameRow], eta: float | None) -> bool:
+    """``total_eta``'s result stands on some planned game's rough rate (shown as "~2d")."""
+    return eta is not None and any(g.eta_rough for g in games if g.state not in _NOT_PLANNED)
 
 
 def projected_cost(eta_s: float | None, cost_per_hour: float | None) -> float | None:
@@ -210,7 +250,7 @@ def build(
     games: list[GameRow], gpu_cost_per_hour: float | None, extra: dict[str, Any] | None = None,
 ) -> Status:  # fmt: skip
     eta = total_eta(games, slots)
-    rough = eta is not None and any(g.eta_rough for g in games if g.state not in _NOT_PLANNED)
+    rough = total_eta_rough(games, eta)
     return Status(
         source=source, now=now, daemon=daemon, level=level, level_entered_at=level_entered_at,
         pinned=pinned or None, boots_last_hour=boots_last_hour, next_decision=next_decision,

@@ -29,7 +29,6 @@ from daemon.autoscaler.shedding import reading_from
 from daemon.clock import Clock
 from daemon.config import Profile, ProfileError, load_profile
 from daemon.control_server.protocol import ReplyCode, error, ok
-from daemon.episode_log import episode_counter
 from daemon.evals import Evals
 from daemon.level_source import Command, LevelSource, Load
 from daemon.placement import gpus_from_sample
@@ -43,7 +42,7 @@ from daemon.status import (
     NextDecision,
     Rate,
     decision_time,
-    episode_rate,
+    game_rate,
     game_row,
     normalize_gpu,
 )
@@ -410,8 +409,7 @@ class Supervisor:
             spans = [(r["started_at"], r["ended_at"]) for r in self.store.runs(game)]
         except StoreError:
             spans = []  # no rate this time, rather than no status
-        log = episode_counter(self.manager.run_dir(game))
-        return episode_rate(spans, None if log is None else log.count, now)
+        return game_rate(spans, self.manager.run_dir(game), now)
 
     # ------------------------------------------------------------------ commands
 

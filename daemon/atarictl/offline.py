@@ -21,8 +21,7 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import CtlError
-from daemon.episode_log import episode_counter
-from daemon.status import NextDecision, Rate, build, episode_rate, game_row
+from daemon.status import NextDecision, build, stored_rows
 from daemon.top import build as build_top
 
 HISTORY_KINDS = ("boots", "levels", "runs", "decisions", "evals")
@@ -174,30 +173,12 @@ def offline_status(
             "ORDER BY name",
         )
         info = daemon_info(conn)
-        spans: dict[str, list[tuple[float, float | None]]] = {}
-        for r in _select(conn, "runs", ("game", "started_at", "ended_at"), "ORDER BY id"):
-            # A run still open here ended with the daemon, at its last sign of life at most.
-            end = r["ended_at"] if r["ended_at"] is not None else info.get("last_heartbeat")
-            spans.setdefault(r["game"], []).append((r["started_at"], end))
+        runs = _select(conn, "runs", ("game", "started_at", "ended_at"), "ORDER BY id")
     lv = level[0] if level else {}
     if games:
         rows = [r for r in rows if r["name"] in games]
     # pid None: the daemon is down, so none of its trainers is supervised now.
-    game_rows = [
-        game_row(
-            game=r["name"],
-            state=r["state"] or "unknown",
-            target=r["target"],
-            now=now,
-            episodes=r["episodes"] or 0,
-            episodes_per_hour=r["episodes_per_hour"],
-            best=r["best_return"],
-            avg100=r["avg100"],
-            last_checkpoint_time=r["last_checkpoint_time"],
-            rate_of=_rate(spans.get(r["name"], []), runs_dir / r["name"], now),
-        )
-        for r in rows
-    ]
+    game_rows = stored_rows(rows, runs, info.get("last_heartbeat"), runs_dir, now)
     return build(
         source="database", now=now, daemon=info, level=lv.get("state"),
         level_entered_at=lv.get("entered_at"), pinned=lv.get("pinned"),
@@ -207,11 +188,6 @@ def offline_status(
         # ETA then assumes every pending game runs at once, and no cost is projected).
         slots=None, games=game_rows, gpu_cost_per_hour=None,
     ).to_dict()  # fmt: skip
-
-
-def _rate(spans: list[tuple[float, float | None]], run_dir: Path, now: float) -> Rate:
-    log = episode_counter(run_dir)
-    return episode_rate(spans, None if log is None else log.count, now)
 
 
 def offline_top(db: Path, now: float) -> dict[str, Any]:

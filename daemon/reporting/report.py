@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.durations import duration, eta_text
 from daemon.reporting.data import EVAL_COLUMNS, connect_ro, read_history, select
 from daemon.scores import human_normalized
-from daemon.status import game_row, normalize_gpu, projected_cost, total_eta
+from daemon.status import normalize_gpu, projected_cost, stored_rows, total_eta, total_eta_rough
 
 REPORTS_DIR = "reports"
 DEFAULT_KEEP = 48  # a day of half-hourly reports
@@ -51,17 +52,6 @@ def when(t: float | None) -> str:
     if t is None:
         return "-"
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def dur(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = max(0, round(s))
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def num(v: float | None, digits: int = 1) -> str:
@@ -136,25 +126,18 @@ def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
             "WHERE ended_at >= ? AND outcome = 'crash' ORDER BY ended_at",
             (since,),
         )
+        runs_rows = select(conn, "runs", ("game", "started_at", "ended_at"), "ORDER BY id")
+        heartbeat = select(
+            conn, "daemon_runs", ("last_heartbeat",), "ORDER BY id DESC LIMIT 1"
+        )
         evals = select(conn, "evals", EVAL_COLUMNS, "ORDER BY id")
         gpu = select(
             conn, "telemetry", ("at", "payload"), "WHERE kind = 'gpu' ORDER BY at DESC LIMIT 1"
         )
     latest = {e["game"]: e for e in evals}
-    rows = [
-        game_row(
-            game=g["name"],
-            state=g["state"] or "unknown",
-            target=g["target"],
-            now=now,
-            episodes=g["episodes"] or 0,
-            episodes_per_hour=g["episodes_per_hour"],
-            best=g["best_return"],
-            avg100=g["avg100"],
-            last_checkpoint_time=g["last_checkpoint_time"],
-        )
-        for g in games
-    ]
+    # EPS/H and ETA as `atarictl status` computes them from the same state dir.
+    last = heartbeat[0]["last_heartbeat"] if heartbeat else None
+    rows = stored_rows(games, runs_rows, last, runs, now)
     slots = cost = None
     if profile is not None and level and level[0]["state"] in profile.level_names:
         slots = profile.level(level[0]["state"]).games
@@ -177,6 +160,7 @@ def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
         "gpu": normalize_gpu(sample),
         "gpu_at": gpu[0]["at"] if gpu else None,
         "total_eta_s": eta,
+        "total_eta_rough": total_eta_rough(rows, eta),
         "cost_per_hour": cost,
         "projected_cost": projected_cost(eta, cost),
         "keep": profile.reports.keep if profile is not None else DEFAULT_KEEP,
@@ -201,14 +185,14 @@ def markdown(d: dict[str, Any], png_name: str) -> str:
     md = [
         f"# atari-supervisor report, {when(now)}",
         "",
-        f"Covers {when(d['since'])} to {when(now)} ({dur(now - d['since'])}).",
+        f"Covers {when(d['since'])} to {when(now)} ({duration(now - d['since'])}).",
         "",
         "## Level",
         "",
     ]
     if lv:
         pin = f", pinned at {lv['pinned']}" if lv.get("pinned") else ""
-        md.append(f"Now **{lv['state']}** for {dur(now - lv['entered_at'])}{pin}.")
+        md.append(f"Now **{lv['state']}** for {duration(now - lv['entered_at'])}{pin}.")
     else:
         md.append("No level recorded yet.")
     md.append("")
@@ -230,7 +214,7 @@ def markdown(d: dict[str, Any], png_name: str) -> str:
                 g.state,
                 f"{g.episodes:,}/{target}{pct}",
                 num(g.episodes_per_hour, 0),
-                dur(g.work_left_s),
+                eta_text(g.work_left_s, g.eta_rough),
                 num(g.avg100),
                 num(g.best),
                 "-" if e is None else num(e["mean"]),
@@ -241,7 +225,7 @@ def markdown(d: dict[str, Any], png_name: str) -> str:
     else:
         md.append("(no games)")
     cost = d["projected_cost"]
-    tail = f"Total ETA {dur(d['total_eta_s'])}"
+    tail = f"Total ETA {eta_text(d['total_eta_s'], d.get('total_eta_rough'))}"
     if d["cost_per_hour"] is not None:
         tail += (
             f" · projected cost {'-' if cost is None else f'${cost:,.2f}'} at "
@@ -269,7 +253,7 @@ def markdown(d: dict[str, Any], png_name: str) -> str:
         md.append("No evals yet (`atarictl eval GAME`, or the profile's `eval.every`).")
     md += ["", "## Reboots and crashes in this period", ""]
     for b in d["reboots"]:
-        down = "" if b["downtime_s"] is None else f", down {dur(b['downtime_s'])}"
+        down = "" if b["downtime_s"] is None else f", down {duration(b['downtime_s'])}"
         clean = (
             ""
             if b["previous_clean_shutdown"] is None

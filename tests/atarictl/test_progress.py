@@ -206,6 +206,38 @@ def test_plot_and_report_with_a_game_that_has_no_episodes_yet(tmp_path: Path) ->
     assert got.returncode == 0, got.stderr
 
 
+def test_report_eps_h_and_eta_are_the_ones_status_computes(tmp_path: Path) -> None:
+    # One formula for both: the episodes in each game's last running time (episodes.jsonl and
+    # the runs table), not the trainer's last rate kept in the games table.
+    import time
+
+    from daemon.atarictl.offline import offline_status
+    from daemon.durations import eta_text
+    from daemon.reporting.report import gather, markdown, num
+    from daemon.store.store import Store
+
+    state, now = tmp_path / "state", time.time()
+    synth_state(state, 2, 400, start=now - 7 * 86400)
+    store = Store.open(state / "atari.db")
+    try:
+        for name in store.games():
+            store.upsert_game(name, episodes_per_hour=12345.0)  # a stale trainer figure
+    finally:
+        store.close()
+    status = {g["game"]: g for g in offline_status(state / "atari.db", now)["games"]}
+    report = gather(state, now, now - 86400)
+    assert len(report["games"]) == len(status) == 2
+    md = markdown(report, "curves.png")
+    for g in report["games"]:
+        s = status[g.game]
+        assert (g.episodes_per_hour, g.work_left_s, g.eta_rough) == (
+            s["episodes_per_hour"], s["work_left_s"], s["eta_rough"])  # fmt: skip
+        assert g.episodes_per_hour not in (None, 12345.0)
+        # ~2.4 episodes/h over the widest window: too few episodes, so the ETA reads "~7d".
+        assert g.eta_rough
+        cells = f"| {num(g.episodes_per_hour, 0)} | {eta_text(g.work_left_s, True)} |"
+        assert cells in md and cells.endswith("d |") and "~" in cells
+
 def test_plot_bad_input_one_line(tmp_path: Path) -> None:
     state = tmp_path / "state"
     synth_state(state, 2, 50)
