@@ -2,9 +2,10 @@
 
 A target is an SQLite file (a path, or a ``sqlite:///PATH`` URL) or a ``postgresql+psycopg://``
 URL. ``sqlite.py`` and ``postgres.py`` provide the same functions (engine, one-line errors,
-upsert, the migration lock, the open-time check, table names); ``Store`` calls them through
-this module and stays free of either dialect. The statement-level helpers pick the module from
-the connection's dialect, so they need no store at hand.
+the ``ON CONFLICT`` insert that ``upsert`` builds on, the migration lock, the open-time check,
+table names); ``Store`` calls them through this module and stays free of either dialect. The
+statement-level helpers pick the module from the connection's dialect, so they need no store at
+hand.
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ def upsert(
     values: dict[str, Any],
     defaults: dict[str, Any] | None = None,
 ) -> None:
-    module(conn).upsert(conn, table, key, values, defaults)
+    """Insert the row ``key`` or update its ``values``, in one statement (``ON CONFLICT`` on
+    both dialects); ``defaults`` fill columns only when the row is new."""
+    stmt = module(conn).insert(table).values(**{**(defaults or {}), **values, **key})
+    if values:
+        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=values)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    conn.execute(stmt)
 
 
 def begin_write(conn: Connection) -> None:

@@ -7,7 +7,7 @@ tables, migrations and queries are the same SQLAlchemy Core as on SQLite; what d
   connection, not an error), ``connect_timeout`` and ``lock_timeout`` from the store's busy
   timeout, so a blocked statement fails as "locked" just as SQLite's busy timeout does;
 - ``explain``: a driver error as one line (cannot connect, locked, read-only, ...);
-- ``upsert``: ``INSERT ... ON CONFLICT``;
+- ``insert``: the dialect's ``INSERT`` with ``ON CONFLICT`` (``dialect.upsert`` builds on it);
 - ``begin_write``: a transaction-scoped advisory lock, so two processes opening an old database
   migrate it one at a time (PostgreSQL's DDL is transactional already);
 - ``quick_check``: there is no page-level check to run at open (``integrity_check`` and the
@@ -20,10 +20,9 @@ A password in the URL never reaches a message: ``label`` renders the URL without
 from __future__ import annotations
 
 import threading
-from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.dialects.postgresql import insert as insert
 from sqlalchemy.engine import make_url
 
 SCHEME = "postgresql"
@@ -97,22 +96,6 @@ def explain(where: str, e: BaseException) -> str:
     if "read-only" in low or "permission denied" in low:
         return f"{where}: database refuses writes ({msg}); check the role's privileges"
     return f"{where}: cannot use database ({msg}); check the server and store.url"
-
-
-def upsert(
-    conn: Connection,
-    table: Table,
-    key: dict[str, Any],
-    values: dict[str, Any],
-    defaults: dict[str, Any] | None = None,
-) -> None:
-    """Insert the row ``key`` or update its ``values`` (``INSERT ... ON CONFLICT``)."""
-    stmt = pg_insert(table).values(**{**(defaults or {}), **values, **key})
-    if values:
-        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=values)
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
-    conn.execute(stmt)
 
 
 def begin_write(conn: Connection) -> None:

@@ -7,7 +7,7 @@ dialect (PostgreSQL, ``postgres.py``) sits beside this module and provides the s
 - ``make_engine``: the engine and its per-connection settings (WAL, ``synchronous=FULL``, busy
   timeout, foreign keys);
 - ``explain``: a driver error as one line that says what to do (locked, corrupt, ...);
-- ``upsert``: insert-or-update of one row (SQLite's ``ON CONFLICT``);
+- ``insert``: the dialect's ``INSERT`` with ``ON CONFLICT`` (``dialect.upsert`` builds on it);
 - ``quick_check``: the page-level health check run when the store opens;
 - ``snapshot`` / ``check_file``: the consistent copy a backup archives, and the check a restore
   runs on an archived file before it is put in place.
@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects.sqlite import insert as insert
 
 _ENGINES: dict[tuple[str, float], Engine] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -72,23 +72,6 @@ def explain(path: Path, e: BaseException) -> str:
     if "readonly" in msg or "read-only" in msg:
         return f"{path}: database is read-only ({msg}); check the owner and mode of the file"
     return f"{path}: cannot use database ({msg}); check the file and its directory"
-
-
-def upsert(
-    conn: Connection,
-    table: Table,
-    key: dict[str, Any],
-    values: dict[str, Any],
-    defaults: dict[str, Any] | None = None,
-) -> None:
-    """Insert the row ``key`` or update its ``values`` (one statement: SQLite's ON CONFLICT).
-    ``defaults`` fill columns only when the row is new."""
-    stmt = sqlite_insert(table).values(**{**(defaults or {}), **values, **key})
-    if values:
-        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=values)
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
-    conn.execute(stmt)
 
 
 def begin_write(conn: Connection) -> None:
