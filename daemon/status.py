@@ -175,14 +175,19 @@ def game_rate(spans: list[tuple[float, float | None]], run_dir: Path, now: float
     return episode_rate(spans, None if log is None else log.count, now)
 
 
+# What ``stored_rows`` reads of the store's ``games`` and ``runs`` tables (runs oldest first).
+STORED_GAME_COLUMNS = ("name", "state", "target", "episodes", "best_return", "avg100",
+                       "episodes_per_hour", "last_checkpoint_time")  # fmt: skip
+STORED_RUN_COLUMNS = ("game", "started_at", "ended_at")
+
+
 def stored_rows(
     games: list[dict[str, Any]], runs: list[dict[str, Any]], last_heartbeat: float | None,
     runs_dir: Path, now: float,
 ) -> list[GameRow]:  # fmt: skip
-    """Game rows from the store's tables (``games`` rows with name, state, target, episodes,
-    best_return, avg100, episodes_per_hour, last_checkpoint_time; ``runs`` rows with game,
-    started_at, ended_at, oldest first), the rate from each game's run dir under ``runs_dir``:
-    atarictl's offline status and the periodic report read the state dir the same way."""
+    """Game rows from the store's tables (``STORED_GAME_COLUMNS``, ``STORED_RUN_COLUMNS``), the
+    rate from each game's run dir under ``runs_dir``: atarictl's offline status and the periodic
+    report read the state dir the same way."""
     spans: dict[str, list[tuple[float, float | None]]] = {}
     for r in runs:
         # A run still open counts up to the daemon's last heartbeat (it may be down now).

@@ -21,7 +21,13 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import CtlError
-from daemon.status import NextDecision, build, stored_rows
+from daemon.status import (
+    STORED_GAME_COLUMNS,
+    STORED_RUN_COLUMNS,
+    NextDecision,
+    build,
+    stored_rows,
+)
 from daemon.top import build as build_top
 
 HISTORY_KINDS = ("boots", "levels", "runs", "decisions", "evals")
@@ -156,24 +162,9 @@ def offline_status(
             "WHERE detected_at >= ? AND previous_boot_id IS NOT NULL",
             (now - 3600.0,),
         )
-        rows = _select(
-            conn,
-            "games",
-            (
-                "name",
-                "state",
-                "target",
-                "episodes",
-                "best_return",
-                "avg100",
-                "episodes_per_hour",
-                "last_checkpoint_time",
-                "pid",
-            ),
-            "ORDER BY name",
-        )
+        rows = _select(conn, "games", STORED_GAME_COLUMNS, "ORDER BY name")
         info = daemon_info(conn)
-        runs = _select(conn, "runs", ("game", "started_at", "ended_at"), "ORDER BY id")
+        runs = _select(conn, "runs", STORED_RUN_COLUMNS, "ORDER BY id")
     lv = level[0] if level else {}
     if games:
         rows = [r for r in rows if r["name"] in games]

@@ -26,7 +26,15 @@ from typing import Any
 from daemon.durations import duration, eta_text
 from daemon.reporting.data import EVAL_COLUMNS, connect_ro, read_history, select
 from daemon.scores import human_normalized
-from daemon.status import normalize_gpu, projected_cost, stored_rows, total_eta, total_eta_rough
+from daemon.status import (
+    STORED_GAME_COLUMNS,
+    STORED_RUN_COLUMNS,
+    normalize_gpu,
+    projected_cost,
+    stored_rows,
+    total_eta,
+    total_eta_rough,
+)
 
 REPORTS_DIR = "reports"
 DEFAULT_KEEP = 48  # a day of half-hourly reports
@@ -97,21 +105,7 @@ def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
             "'operator') ORDER BY at",
             (since,),
         )
-        games = select(
-            conn,
-            "games",
-            (
-                "name",
-                "state",
-                "target",
-                "episodes",
-                "best_return",
-                "avg100",
-                "episodes_per_hour",
-                "last_checkpoint_time",
-            ),
-            "ORDER BY name",
-        )
+        games = select(conn, "games", STORED_GAME_COLUMNS, "ORDER BY name")
         boots = select(
             conn,
             "boots",
@@ -126,10 +120,8 @@ def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
             "WHERE ended_at >= ? AND outcome = 'crash' ORDER BY ended_at",
             (since,),
         )
-        runs_rows = select(conn, "runs", ("game", "started_at", "ended_at"), "ORDER BY id")
-        heartbeat = select(
-            conn, "daemon_runs", ("last_heartbeat",), "ORDER BY id DESC LIMIT 1"
-        )
+        runs_rows = select(conn, "runs", STORED_RUN_COLUMNS, "ORDER BY id")
+        heartbeat = select(conn, "daemon_runs", ("last_heartbeat",), "ORDER BY id DESC LIMIT 1")
         evals = select(conn, "evals", EVAL_COLUMNS, "ORDER BY id")
         gpu = select(
             conn, "telemetry", ("at", "payload"), "WHERE kind = 'gpu' ORDER BY at DESC LIMIT 1"
