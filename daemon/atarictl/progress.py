@@ -117,16 +117,41 @@ def cmd_report(ctl: Any) -> int:
 
 
 def latest_evals_of(db: Path, games: list[str]) -> dict[str, dict[str, Any]]:
-    """The newest eval of each listed game ({} when there is no evals table yet)."""
+    """The newest eval of each listed game ({} when there is no evals table yet, or the store
+    cannot be read: status shows the rest). On a PostgreSQL store (``store.url``) the evals
+    table is read from the server, as the daemon writes it."""
     import sqlite3
 
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from daemon.atarictl.offline import postgres_store_url
     from daemon.reporting.data import latest_evals
 
     try:
-        rows = latest_evals(db)
-    except sqlite3.Error:
+        if not db.is_file() and (url := postgres_store_url(db.parent)) is not None:
+            rows = _postgres_latest_evals(url)
+        else:
+            rows = latest_evals(db)
+    except (sqlite3.Error, SQLAlchemyError):
         return {}
     return {g: e for g, e in rows.items() if g in games}
+
+
+def _postgres_latest_evals(url: str) -> dict[str, dict[str, Any]]:
+    """``daemon.reporting.data.latest_evals``'s answer from a PostgreSQL store: one read-only
+    SELECT of the evals table (not the whole-store snapshot the offline reads take)."""
+    from sqlalchemy import select
+
+    from daemon.reporting.data import EVAL_COLUMNS
+    from daemon.store import postgres
+    from daemon.store import schema as s
+
+    engine = postgres.make_engine(url, 5.0)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        q = select(*(s.evals.c[c] for c in EVAL_COLUMNS)).order_by(s.evals.c.id)
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+    return {r["game"]: r for r in rows}
 
 
 def with_evals(rows: list[dict[str, Any]], db: Path, runs_dir: Path) -> list[dict[str, Any]]:

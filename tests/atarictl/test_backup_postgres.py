@@ -129,3 +129,27 @@ def test_offline_status_with_postgres_down_is_one_line(tmp_path: Path, pg_server
     out = atarictl("--state-dir", str(state), "status")
     assert out.returncode != 0
     assert "cannot reach PostgreSQL" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_status_shows_the_latest_eval_of_a_postgres_store(tmp_path: Path, pg_server) -> None:
+    # status's latest-eval line reads the store the daemon writes, not only an SQLite file.
+    now = time.time() - 60
+    url = pg_server.fresh_url("evals")
+    lite = populate_state(tmp_path / "lite", now=now)
+    pg = populate_state(tmp_path / "pg", now=now, db=url)
+    (pg / "profile-in-effect.yaml").write_text(f"store: {{url: '{url}'}}\n")
+    for target in (lite / "atari.db", url):
+        store = Store.open(target)
+        try:
+            for mean in (-20.5, -18.0):  # the newer one is shown
+                store.record_eval(at=now, game="Pong", model_kind="best", episodes=3,
+                                  mean=mean, std=1.0, source="atarictl")  # fmt: skip
+        finally:
+            store.close()
+    a = atarictl("--state-dir", str(lite), "status", "--json")
+    b = atarictl("--state-dir", str(pg), "status", "--json")
+    assert a.returncode == b.returncode == 3, (a.stderr, b.stderr)
+    ea, eb = json.loads(a.stdout)["latest_evals"], json.loads(b.stdout)["latest_evals"]
+    assert ea["Pong"]["mean"] == -18.0 and eb == ea
+    text = atarictl("--state-dir", str(pg), "status")
+    assert "latest evals: Pong -18.0 (best model" in text.stdout, text.stdout
