@@ -66,7 +66,9 @@ def test_curves_follow_episodes_across_sigterm_and_resume(tmp_path: Path) -> Non
     env_axis, learner = curves(rd, "env"), curves(rd, "learner")
     log = episodes_log(rd)
     returns = env_axis["episode/return"]
-    assert len(returns) == len(log) == 150
+    # >= 150: envs that finish an episode in the same step as the 150th all count (vectorized).
+    assert len(returns) == len(log) >= 150
+    assert read_progress(rd)["episodes"] == len(log)
     assert [v for _, v in returns] == pytest.approx([r["return"] for r in log])
     assert [s for s, _ in returns] == [r["env_steps"] for r in log]
     assert returns[len(first)][0] > first[-1][0]  # not back to step 0 after the resume
