@@ -130,9 +130,10 @@ class Checks:
 
     def next_run(self, kind: str) -> float | None:
         job = self.scheduler.get_job(kind)
-        if job is None or job.next_run_time is None:
-            return None
-        return job.next_run_time.timestamp()
+        # A job added before the scheduler starts is pending and has no next_run_time attribute
+        # at all: the first loop pass (and the first metrics snapshot) comes before that start.
+        at = getattr(job, "next_run_time", None)
+        return None if at is None else at.timestamp()
 
     def shutdown(self) -> None:
         if self.scheduler.running:

@@ -217,6 +217,19 @@ def test_jobs_only_post_and_an_error_does_not_stop_the_scheduler() -> None:
     assert next_stability is not None and now + 3000 < next_stability <= now + 3600
 
 
+def test_next_run_before_the_scheduler_starts_is_none_not_an_error() -> None:
+    # The daemon's first loop pass (status, the first metrics snapshot) runs before the
+    # scheduler starts, while its jobs are pending and have no next_run_time attribute yet.
+    checks = Checks(Intervals(health=60, stability=3600, telemetry=3600, report=3600), print)
+    assert checks.next_run("stability") is None
+    checks.start()
+    try:
+        at = checks.next_run("stability")
+    finally:
+        checks.shutdown()
+    assert at is not None and at > time.time() + 3000
+
+
 def test_stall_switch_blocks_until_the_file_is_removed(tmp_path: Path, monkeypatch) -> None:
     stall = tmp_path / "stall"
     stall.touch()
