@@ -6,7 +6,6 @@ A real SQLite store holds the runs (as the process manager writes them); the clo
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,12 @@ import pytest
 from daemon.autoscaler import Autoscaler
 from daemon.clock import FakeClock
 from daemon.level_source import Load
-from daemon.process import ProcessManager
-from daemon.store import Store
 from daemon.store.schema import Outcome
 from daemon.supervisor import Check, Supervisor
 from tests.support.autoscaler_box import HOUR, MIN, Box
 from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
+from tests.support.supervised import wire
 
 MakeBox = Callable[..., Box]
 
@@ -105,22 +103,12 @@ def test_runs_that_ended_while_the_daemon_was_down_prove_no_load(make_box: MakeB
 @pytest.fixture
 def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeOs, FakeClock]]:
     profile = MANAGER_PROFILE.load(tmp_path / "p.yaml")  # light: 2 slots, three games
-    clock, fake = FakeClock(), FakeOs()
-    store = Store.open(tmp_path / "atari.db")
-    boot = tmp_path / "boot_id"
-    boot.write_text(str(uuid.uuid4()))
-    scaler = Autoscaler(profile.autoscaler, store, clock, boot_id_path=boot)
-    scaler.record_boot()
-    scaler.restore()
-    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs",
-                         scaler.current_level())  # fmt: skip
-    mgr.restore()
-    s = Supervisor(profile, store, clock, mgr, scaler)
+    s, scaler, fake, clock = wire(tmp_path, profile)
     s.loop_once()
     clock.advance(profile.startsecs)
     s.loop_once()
     yield s, scaler, fake, clock
-    store.close()
+    s.store.close()
 
 
 def stability(s: Supervisor, clock: FakeClock, seconds: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,32 +13,22 @@ import pytest
 
 from daemon.autoscaler import Autoscaler
 from daemon.clock import FakeClock
-from daemon.process import ProcessManager, State
-from daemon.store import Store
+from daemon.process import State
 from daemon.supervisor import Check, Supervisor
 from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
+from tests.support.supervised import wire
 
 
 @pytest.fixture
 def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeOs, FakeClock]]:
     profile = MANAGER_PROFILE.load(tmp_path / "p.yaml")
-    clock, fake = FakeClock(), FakeOs()
-    store = Store.open(tmp_path / "atari.db")
-    boot = tmp_path / "boot_id"
-    boot.write_text(str(uuid.uuid4()))
-    scaler = Autoscaler(profile.autoscaler, store, clock, boot_id_path=boot)
-    scaler.record_boot()
-    scaler.restore()
-    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs",
-                         scaler.current_level())  # fmt: skip
-    mgr.restore()
-    s = Supervisor(profile, store, clock, mgr, scaler)
+    s, scaler, fake, clock = wire(tmp_path, profile)
     s.loop_once()
     clock.advance(profile.startsecs)
     s.loop_once()
     yield s, scaler, fake, clock
-    store.close()
+    s.store.close()
 
 
 def ask(s: Supervisor, cmd: str, **args: object) -> dict[str, Any]:

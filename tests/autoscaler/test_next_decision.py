@@ -4,7 +4,6 @@ the scheduler's next stability run is a stub that keeps its 5-minute rhythm."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,10 @@ import pytest
 
 from daemon.autoscaler import Autoscaler
 from daemon.clock import FakeClock
-from daemon.process import ProcessManager
 from daemon.status import decision_time
-from daemon.store import Store
 from daemon.supervisor import Check, Supervisor
-from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
+from tests.support.supervised import wire
 
 MIN, HOUR = 60.0, 3600.0
 EVERY = 5 * MIN  # MANAGER_PROFILE's checks.stability (the default)
@@ -27,17 +24,7 @@ EVERY = 5 * MIN  # MANAGER_PROFILE's checks.stability (the default)
 @pytest.fixture
 def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeClock]]:
     profile = MANAGER_PROFILE.load(tmp_path / "p.yaml")
-    clock, fake = FakeClock(), FakeOs()
-    store = Store.open(tmp_path / "atari.db")
-    boot = tmp_path / "boot_id"
-    boot.write_text(str(uuid.uuid4()))
-    scaler = Autoscaler(profile.autoscaler, store, clock, boot_id_path=boot)
-    scaler.record_boot()
-    scaler.restore()
-    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs",
-                         scaler.current_level())  # fmt: skip
-    mgr.restore()
-    s = Supervisor(profile, store, clock, mgr, scaler)
+    s, scaler, _fake, clock = wire(tmp_path, profile)
     first = clock.now() + EVERY
     # APScheduler's next_run_time for an interval job: the next multiple after now.
     s.next_run = lambda _job: first + (int((clock.now() - first) // EVERY) + 1) * EVERY
@@ -45,7 +32,7 @@ def sup(tmp_path: Path) -> Iterator[tuple[Supervisor, Autoscaler, FakeClock]]:
     clock.advance(profile.startsecs)
     s.loop_once()
     yield s, scaler, clock
-    store.close()
+    s.store.close()
 
 
 def run_checks(s: Supervisor, clock: FakeClock, seconds: float) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from daemon.autoscaler import Autoscaler
 from daemon.checks import Checks
 from daemon.clock import FakeClock
 from daemon.config import Profile, load_profile
-from daemon.process import ProcessManager, State
-from daemon.store import Store
+from daemon.process import State
 from daemon.supervisor import Shutdown, Supervisor
 from tests.support.fake_os import FakeOs
 from tests.support.profiles import MANAGER_PROFILE
+from tests.support.supervised import wire
 
 PROFILE = MANAGER_PROFILE.text()
 
@@ -32,17 +31,7 @@ def build(tmp_path: Path) -> tuple[Supervisor, Autoscaler, Checks, FakeOs, FakeC
     path = tmp_path / "p.yaml"
     path.write_text(PROFILE)
     profile = load_profile(path)
-    clock, fake = FakeClock(), FakeOs()
-    store = Store.open(tmp_path / "atari.db")
-    boot = tmp_path / "boot_id"
-    boot.write_text(str(uuid.uuid4()))
-    scaler = Autoscaler(profile.autoscaler, store, clock, boot_id_path=boot)
-    scaler.record_boot()
-    scaler.restore()
-    mgr = ProcessManager(profile, store, clock, fake, tmp_path / "runs", tmp_path / "logs",
-                         scaler.current_level())  # fmt: skip
-    mgr.restore()
-    sup = Supervisor(profile, store, clock, mgr, scaler)
+    sup, scaler, fake, clock = wire(tmp_path, profile)
     checks = Checks(profile.checks, sup.post)
     sup.on_reload.append(lambda p: checks.prepare_reschedule(p.checks))
     sup.loop_once()
