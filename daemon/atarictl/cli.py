@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -270,26 +271,38 @@ class Ctl:
         else:
             print(human)
 
+    def live_or_offline(
+        self, command: str, offline: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], int]:
+        """The daemon's answer to COMMAND (exit 0) or, while it is down, the same shape read from
+        the database (exit 3, with the file named); neither: one line naming both."""
+        try:
+            return self.client.call(command, {}), EXIT_OK
+        except DaemonUnreachable as down:
+            from daemon.atarictl.offline import NoDatabase
+
+            try:
+                data = offline()
+            except NoDatabase:
+                raise DaemonUnreachable(
+                    f"{down}; and no database at {self.paths.db} to read instead", down.code
+                ) from None
+            data["db"] = str(self.paths.db)
+            return data, EXIT_NOT_RUNNING
+
     # status ---------------------------------------------------------------------------------
 
     def status_data(self) -> tuple[dict[str, Any], int]:
         games = list(self.args.games)
         now = time.time()
-        try:
-            # Filtered here, not by the daemon, so an unknown name gets the list of known ones.
-            st = self.client.call("status", {})
-            code = EXIT_OK
-        except DaemonUnreachable as down:
-            from daemon.atarictl.offline import NoDatabase, offline_status
 
-            try:
-                st = offline_status(self.paths.db, now)
-            except NoDatabase:
-                raise DaemonUnreachable(
-                    f"{down}; and no database at {self.paths.db} to read instead", down.code
-                ) from None
-            st["db"] = str(self.paths.db)
-            code = EXIT_NOT_RUNNING
+        def read() -> dict[str, Any]:  # imported only while the daemon is down
+            from daemon.atarictl.offline import offline_status
+
+            return offline_status(self.paths.db, now)
+
+        # Filtered here, not by the daemon, so an unknown name gets the list of known ones.
+        st, code = self.live_or_offline("status", read)
         if games:
             wanted = resolve_games(games, [g["game"] for g in st["games"]])
             st["games"] = [g for g in st["games"] if g["game"] in wanted]
@@ -399,20 +412,13 @@ class Ctl:
 
     def cmd_top(self) -> int:
         """The daemon's newest telemetry samples; from the database when it is down."""
-        try:
-            data = self.client.call("top", {})
-            code = EXIT_OK
-        except DaemonUnreachable as down:
-            from daemon.atarictl.offline import NoDatabase, offline_top
 
-            try:
-                data = offline_top(self.paths.db, time.time())
-            except NoDatabase:
-                raise DaemonUnreachable(
-                    f"{down}; and no database at {self.paths.db} to read instead", down.code
-                ) from None
-            data["db"] = str(self.paths.db)
-            code = EXIT_NOT_RUNNING
+        def read() -> dict[str, Any]:  # imported only while the daemon is down
+            from daemon.atarictl.offline import offline_top
+
+            return offline_top(self.paths.db, time.time())
+
+        data, code = self.live_or_offline("top", read)
         self.out(fmt.format_top(data), data)
         return code
 
