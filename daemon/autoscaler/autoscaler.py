@@ -444,7 +444,7 @@ class Autoscaler:
             "pinned": self._pinned,
             "cooldown_s": self._cooldown_s,
             "failed_promotions": self._failed,
-            "stable_since": guards.stable_since(facts, self.policy, now),
+            "stable_since": since,
             "next_decision_at": due,
             "next_decision": {"what": what, "at": due},
             "load": {

@@ -20,9 +20,10 @@ from typing import Any
 from daemon.autoscaler.policy import fmt_duration
 from daemon.config import PressurePolicy, Profile
 from daemon.pressure import memory_headroom, psi_value
+from daemon.telemetry import THROTTLE_BITS
 
-# NVML throttle reasons that mean the GPU is at a limit (daemon/telemetry.py names them).
-_AT_LIMIT = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
+# NVML throttle reasons that mean the GPU is at a limit: the ones telemetry names.
+_AT_LIMIT = frozenset(THROTTLE_BITS.values())
 SIGNALS = ("memory_psi", "mem_available", "gpu_memory", "gpu_limit")
 _KEEP_S = 6 * 3600.0  # readings older than this are never needed (shed_after is minutes)
 

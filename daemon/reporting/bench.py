@@ -17,19 +17,9 @@ from pathlib import Path
 
 from daemon.reporting.data import read_history
 from daemon.reporting.plot import render
+from daemon.scores import REFERENCE_SCORES
 
-GAMES = (
-    "Asteroids",
-    "BeamRider",
-    "Boxing",
-    "Breakout",
-    "Enduro",
-    "Freeway",
-    "MsPacman",
-    "Pong",
-    "Seaquest",
-    "SpaceInvaders",
-)
+GAMES = tuple(sorted(REFERENCE_SCORES))  # the ten games of the gpu-box profile
 
 
 def synth_state(

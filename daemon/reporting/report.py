@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.durations import duration, eta_text
+from daemon.paths import DB_NAME, RUNS_NAME
 from daemon.reporting.data import EVAL_COLUMNS, connect_ro, read_history, select
 from daemon.scores import human_normalized
 from daemon.status import (
@@ -93,7 +94,7 @@ def _profile(state_dir: Path) -> Any:
 
 
 def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
-    db, runs = state_dir / "atari.db", state_dir / "runs"
+    db, runs = state_dir / DB_NAME, state_dir / RUNS_NAME
     profile = _profile(state_dir)
     with connect_ro(db) as conn:
         level = select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
@@ -348,7 +349,7 @@ def make_report(state_dir: Path, now: float | None = None, keep: int | None = No
     name = f"report-{stamp(now)}"
     png = out / f"{name}.png"
     # The curves span the whole run (what a fallback cost shows against what came before).
-    h = read_history(state_dir / "atari.db", state_dir / "runs", None, 0.0)
+    h = read_history(state_dir / DB_NAME, state_dir / RUNS_NAME, None, 0.0)
     render(h, png)
     md = markdown(d, png.name)
     _write(out / f"{name}.html", to_html(md, png.read_bytes()).encode())

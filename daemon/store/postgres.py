@@ -36,21 +36,6 @@ def is_url(target: object) -> bool:
     return isinstance(target, str) and target.split(":", 1)[0].split("+", 1)[0] == SCHEME
 
 
-def check_url(url: str) -> str:
-    """'' when ``url`` is a usable PostgreSQL URL, else what is wrong with it (one line)."""
-    try:
-        u = make_url(url)
-    except Exception as e:  # SQLAlchemy raises ArgumentError or ValueError
-        return f"not a database URL ({e})"
-    if u.get_backend_name() != SCHEME:
-        return f"not a PostgreSQL URL (backend {u.get_backend_name()!r})"
-    if u.get_driver_name() != "psycopg":
-        return f"driver {u.get_driver_name()!r} is not supported; use postgresql+psycopg://"
-    if not u.database:
-        return "names no database; use postgresql+psycopg://USER@HOST:PORT/DATABASE"
-    return ""
-
-
 def label(url: str) -> str:
     """The URL as messages show it: no password."""
     return make_url(url).render_as_string(hide_password=True)
