@@ -25,11 +25,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 SOCKET_NAME = "atarictl.sock"
 DB_NAME = "atari.db"
@@ -148,6 +149,30 @@ def resolve_dirs(
         logs_dir=logs.absolute(),
         socket=Path(socket or runtime / SOCKET_NAME).absolute(),
     )
+
+
+def profile_copy(state_dir: Path) -> dict[str, Any]:
+    """The profile the state dir's daemon last ran under (its copy, ``PROFILE_COPY_NAME``), as
+    YAML; {} when there is none or it cannot be read."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load((state_dir / PROFILE_COPY_NAME).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def box_of(state_dir: Path) -> str:
+    """The box the state dir's daemon ran as (its profile's ``box``, else the host name): the
+    per-box rows (level, boots, daemon runs) that offline reads show are that box's."""
+    box = profile_copy(state_dir).get("box")
+    return box if isinstance(box, str) and box else default_box()
+
+
+def default_box() -> str:
+    """A box's name when the profile gives none: the host name (docs/configuration.md: box)."""
+    return socket.gethostname() or "localhost"
 
 
 # ------------------------------------------------------------------------- directory trust

@@ -39,17 +39,11 @@ class NoDatabase(CtlError):
 
 def postgres_store_url(state_dir: Path) -> str | None:
     """The daemon's ``store.url`` when it names PostgreSQL, read from the profile it last ran
-    under (the copy it keeps in the state dir); None for the state dir's own SQLite file."""
-    import yaml
-
-    from daemon.paths import PROFILE_COPY_NAME
+    under; None for the state dir's own SQLite file."""
+    from daemon.paths import profile_copy
     from daemon.store import postgres
 
-    try:
-        doc = yaml.safe_load((state_dir / PROFILE_COPY_NAME).read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    url = (doc.get("store") or {}).get("url") if isinstance(doc, dict) else None
+    url = (profile_copy(state_dir).get("store") or {}).get("url")
     return url if isinstance(url, str) and postgres.is_url(url) else None
 
 
@@ -122,12 +116,13 @@ def _select(
     return [{c: r[c] for c in cols} | {c: None for c in wanted if c not in have} for r in rows]
 
 
-def daemon_info(conn: sqlite3.Connection) -> dict[str, Any]:
+def daemon_info(conn: sqlite3.Connection, box: str | None = None) -> dict[str, Any]:
     rows = _select(
         conn,
         "daemon_runs",
         ("pid", "started_at", "last_heartbeat", "stopped_at", "clean_shutdown"),
-        "ORDER BY id DESC LIMIT 1",
+        "WHERE box = ? ORDER BY id DESC LIMIT 1" if box else "ORDER BY id DESC LIMIT 1",
+        (box,) if box else (),
     )
     if not rows:
         return {"running": False, "pid": None, "last_heartbeat": None}
@@ -151,19 +146,25 @@ def offline_status(
     """``daemon/status.py``'s shape from the tables (no GPU, no next decision, no slots); the
     episode rate from the runs table and each run dir's episodes.jsonl (``runs_dir``, default
     the state dir's ``runs/``), by the daemon's own formula."""
+    from daemon.paths import box_of
+
     runs_dir = db.parent / "runs" if runs_dir is None else runs_dir
+    box = box_of(db.parent)
     with connect_ro(db) as conn:
-        level = _select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
+        # This box's rows (fleet mode); a schema before version 6 has no box column, and
+        # ``_select`` then reads the table unfiltered (it had one box).
+        level = _select(conn, "level_state", ("state", "entered_at", "pinned"),
+                        "WHERE box = ? ORDER BY id LIMIT 1", (box,))  # fmt: skip
         # Reboots only, as the daemon and the autoscaler count them (the first boot is none).
         boots = _select(
             conn,
             "boots",
             ("detected_at",),
-            "WHERE detected_at >= ? AND previous_boot_id IS NOT NULL",
-            (now - 3600.0,),
+            "WHERE detected_at >= ? AND previous_boot_id IS NOT NULL AND box = ?",
+            (now - 3600.0, box),
         )
         rows = _select(conn, "games", STORED_GAME_COLUMNS, "ORDER BY name")
-        info = daemon_info(conn)
+        info = daemon_info(conn, box)
         runs = _select(conn, "runs", STORED_RUN_COLUMNS, "ORDER BY id")
     lv = level[0] if level else {}
     if games:

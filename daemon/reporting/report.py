@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.durations import duration, eta_text
-from daemon.paths import DB_NAME, RUNS_NAME
+from daemon.paths import DB_NAME, RUNS_NAME, box_of
 from daemon.reporting.data import EVAL_COLUMNS, connect_ro, read_history, select
 from daemon.scores import human_normalized
 from daemon.status import (
@@ -97,7 +97,8 @@ def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
     db, runs = state_dir / DB_NAME, state_dir / RUNS_NAME
     profile = _profile(state_dir)
     with connect_ro(db) as conn:
-        level = select(conn, "level_state", ("state", "entered_at", "pinned"), "WHERE id = 1")
+        level = select(conn, "level_state", ("state", "entered_at", "pinned"),
+                       "WHERE box = ? ORDER BY id LIMIT 1", (box_of(state_dir),))  # fmt: skip
         story = select(
             conn,
             "decisions",

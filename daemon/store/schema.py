@@ -25,7 +25,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -56,6 +56,9 @@ boots = Table(
     Column("last_heartbeat_before", Float),
     Column("downtime_s", Float),
     Column("previous_clean_shutdown", Boolean),
+    # The box that recorded the row (schema version 6, fleet mode: docs/fleet.md); each box's
+    # autoscaler reads only its own boots, daemon runs, level, decisions, runs and telemetry.
+    Column("box", String, index=True),
 )
 
 daemon_runs = Table(
@@ -68,12 +71,15 @@ daemon_runs = Table(
     Column("last_heartbeat", Float),
     Column("stopped_at", Float),
     Column("clean_shutdown", Boolean, nullable=False, default=False),
+    Column("box", String, index=True),
 )
 
 level_state = Table(
     "level_state",
     metadata,
-    Column("id", Integer, primary_key=True),  # singleton row id=1
+    Column("id", Integer, primary_key=True),
+    # One row per box (schema version 6; before it, a singleton row id=1).
+    Column("box", String, unique=True),
     Column("state", String, nullable=False),
     Column("entered_at", Float, nullable=False),
     Column("pinned", String),
@@ -93,6 +99,7 @@ decisions = Table(
     Column("from_state", String),
     Column("to_state", String),
     Column("reason", Text),
+    Column("box", String, index=True),
 )
 
 games = Table(
@@ -132,6 +139,7 @@ runs = Table(
     # CUDA_VISIBLE_DEVICES given to the trainer on a multi-GPU box (daemon/placement.py), else
     # NULL; added in schema version 5.
     Column("device", String),
+    Column("box", String, index=True),
 )
 
 telemetry = Table(
@@ -141,6 +149,7 @@ telemetry = Table(
     Column("at", Float, nullable=False, index=True),
     Column("kind", String, nullable=False),  # gpu | host | process
     Column("payload", JSON, nullable=False),
+    Column("box", String),
 )
 
 # A boot row that replaced a known earlier boot: a reboot. The first boot a database sees is not.
@@ -198,6 +207,25 @@ leases = Table(
     Column("expires_at", Float, index=True),
 )
 
+# Fleet mode's operator commands (docs/fleet.md): `atarictl start/stop/restart GAME` for a game
+# another box holds is a row here; the holder carries it out and records the result. A new
+# table, made by ``create_all`` like ``leases``.
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("game", String, nullable=False, index=True),
+    Column("verb", String, nullable=False),  # start | stop | restart
+    Column("sent_by", String),  # the box (or atarictl's host) that wrote it
+    Column("done_at", Float),
+    Column("done_by", String),
+    Column("result", Text),
+)
+
+# Tables whose rows belong to one box (schema version 6).
+PER_BOX_TABLES = ("boots", "daemon_runs", "level_state", "decisions", "runs", "telemetry")
+
 V1_TABLES = (
     "schema_version",
     "boots",
@@ -238,6 +266,28 @@ def _v4_to_v5(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE runs ADD COLUMN device VARCHAR"))
 
 
+def _v5_to_v6(conn: Connection) -> None:
+    """A ``box`` column on the per-box tables; the rows so far are the opening box's
+    (``adopt_rows``: a database before version 6 had one box)."""
+    for table in PER_BOX_TABLES:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN box VARCHAR"))
+        if table != "level_state":
+            conn.execute(text(f"CREATE INDEX ix_{table}_box ON {table} (box)"))
+    conn.execute(text("CREATE UNIQUE INDEX ix_level_state_box ON level_state (box)"))
+
+
+def adopt_rows(conn: Connection, box: str) -> None:
+    """Rows written before version 6 belong to the box that opens the database first after
+    the upgrade (one box wrote them all)."""
+    for table in PER_BOX_TABLES:
+        conn.execute(text(f"UPDATE {table} SET box = :box WHERE box IS NULL"), {"box": box})
+    if conn.dialect.name == "postgresql":
+        # The old singleton row was inserted as id=1: the serial must move past it before a
+        # second box's row takes an id from it.
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('level_state', 'id'), "
+                          "COALESCE(MAX(id), 0) + 1, false) FROM level_state"))  # fmt: skip
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6,
 }  # fmt: skip

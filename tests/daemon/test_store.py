@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, MetaData, Table, create_engine, text
 
 from daemon.store import Store, StoreError
 from daemon.store import schema as s
@@ -106,11 +106,13 @@ def _pre_v3_database(path: Path | str, version: int) -> Engine:
     """The v1 tables, with runs still lacking v3's outcome and v5's device columns, stamped
     ``version``."""
     eng = _engine(path)
+    later = {"outcome", "device", "box"}  # columns of versions 3, 5 and 6
+    v1 = MetaData()
+    for name in s.V1_TABLES:
+        cols = [c._copy() for c in s.metadata.tables[name].columns if c.name not in later]
+        Table(name, v1, *cols)
     with eng.begin() as conn:
-        for name in s.V1_TABLES:
-            s.metadata.tables[name].create(conn)
-        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN outcome")
-        conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN device")
+        v1.create_all(conn)
         conn.execute(s.schema_version.insert().values(version=version))
     return eng
 
@@ -121,6 +123,8 @@ def test_older_schema_is_migrated(new_db) -> None:
     eng = _pre_v3_database(path, version=1)
     with eng.begin() as conn:
         conn.execute(s.games.insert().values(name="Pong", state="QUEUED", target=3, episodes=2))
+        conn.execute(text("INSERT INTO level_state (id, state, entered_at, failed_promotions) "
+                          "VALUES (1, 'medium', 1.0, 0)"))  # the old singleton row
         for reason in (
             "crashed: killed by SIGKILL; restart in 10s",
             "target reached (3/3)",
@@ -135,7 +139,7 @@ def test_older_schema_is_migrated(new_db) -> None:
             )  # fmt: skip
     eng.dispose()
     store = Store.open(path)
-    assert _version_of(path) == s.SCHEMA_VERSION == 5
+    assert _version_of(path) == s.SCHEMA_VERSION == 6
     assert store.evals() == []  # v3 -> v4: the evals table exists (issue 13)
     assert store.games()["Pong"]["episodes"] == 2
     store.upsert_model("Pong", "best", episode=2, return_=1.0, at=1.0, path="best.pt")
@@ -144,6 +148,15 @@ def test_older_schema_is_migrated(new_db) -> None:
     assert [r["outcome"] for r in store.runs()] == ["crash", "done", "stopped", "crash", None]
     # v4 -> v5: runs record the GPU a trainer was placed on (none for the old rows).
     assert {r["device"] for r in store.runs()} == {None}
+    # v5 -> v6: the rows so far are the opening box's, and its per-box reads see them.
+    assert {r["box"] for r in store.runs()} == {store.box}
+    assert store.crash_times(0.0) == (1.0, 1.0)
+    assert store.level_state()["state"] == "medium"
+    # A second box's level row takes a new id (on PostgreSQL the serial moved past the old row).
+    other = Store.open(path, box="other-box")
+    other.save_level_state(state="light", entered_at=2.0)
+    assert (store.level_state()["state"], other.level_state()["state"]) == ("medium", "light")
+    other.close()
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -302,3 +315,38 @@ def test_store_url_defaults_to_the_state_dir_file_and_takes_a_postgres_url(tmp_p
     url = "postgresql+psycopg://atari:pw@db.example:5432/atari?sslmode=require"
     prof.write_text(_MINIMAL.read_text() + f"store: {{url: '{url}'}}\n")
     assert load_profile(prof).store.url == url
+
+
+def test_per_box_rows_are_kept_apart(new_db) -> None:
+    """Fleet mode: two boxes on one database record boots, levels, decisions, runs and daemon
+    runs each for itself; each box's autoscaler facts (reboots, crashes, load spans, its level
+    row) are its own, while games and runs stay visible to both."""
+    url = new_db()
+    a, b = Store.open(url, box="a"), Store.open(url, box="b")
+    try:
+        a.record_boot("boot-1", 10.0, reason="first")
+        a.record_boot("boot-2", 20.0, reason="reboot", previous_boot_id="boot-1")
+        b.record_boot("boot-9", 15.0, reason="first")
+        assert a.reboot_times(0.0) == (20.0,)
+        assert b.reboot_times(0.0) == ()
+        assert b.last_boot_and_daemon_run()[0]["boot_id"] == "boot-9"
+        a.save_level_state(state="medium", entered_at=1.0)
+        b.save_level_state(state="light", entered_at=2.0,
+                           decision={"at": 2.0, "kind": "level", "reason": "start"})  # fmt: skip
+        assert (a.level_state()["state"], b.level_state()["state"]) == ("medium", "light")
+        assert [d["reason"] for d in b.decisions()] == ["first", "start"]
+        assert len(a.decisions(all_boxes=True)) == 4
+        ra = a.run_started("Pong", 1, 5.0, level="light", num_envs=1, batch_size=1,
+                           proc_start_time=None)  # fmt: skip
+        a.run_ended(ra, 6.0, exit_code=1, signal=None, reason="crashed", outcome=s.Outcome.CRASH)
+        b.run_started("Pong", 2, 7.0, level="light", num_envs=1, batch_size=1,
+                      proc_start_time=None)  # fmt: skip
+        assert a.crash_times(0.0) == (6.0,) and b.crash_times(0.0) == ()
+        assert [r["pid"] for r in b.open_runs()] == [2] and a.open_runs() == []
+        assert [r["box"] for r in a.runs("Pong")] == ["a", "b"]
+        assert b.run_spans("light", 0.0) == ((7.0, None),)
+        a.daemon_started(100, "boot-2", 21.0)
+        assert b.last_daemon_run() is None and a.last_daemon_run()["pid"] == 100
+    finally:
+        a.close()
+        b.close()
