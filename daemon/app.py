@@ -68,6 +68,20 @@ def make_level_source(
     return auto, boot_id
 
 
+def join_fleet(profile: Profile, store: Store, clock: Clock, manager: ProcessManager) -> None:
+    """Fleet mode: offer this profile's games to the shared queue (the work each has left, from
+    the shared run dirs) and hand back what a previous run of this box held; the manager then
+    claims games for its slots on its first pass."""
+    from daemon.fleet import Fleet
+
+    fleet = Fleet(store, profile.fleet.lease, clock, [g.name for g in profile.games])
+    work = {g.name: float(manager.work_left(g.name, g.target)) for g in profile.games}
+    released = fleet.start(work)
+    manager.fleet = fleet
+    log.info("joined the fleet", box=store.box, lease=profile.fleet.lease, games=len(work),
+             released_from_previous_run=released)  # fmt: skip
+
+
 def start_control(sup: Supervisor, dirs: Dirs, profile: Profile) -> Any:
     from daemon.control_server.server import ControlServer
 
@@ -139,12 +153,13 @@ def run_daemon(
             d.mkdir(parents=True, exist_ok=True)
         check_trusted(dirs)  # what mkdir made, under a umask we do not control
         lock = lock_state_dir(dirs.state_dir, "atari-supervisord")
-        store = Store.open(profile.store.url or dirs.db)  # store.url: PostgreSQL (docs/fleet.md)
+        # store.url: PostgreSQL; box: this daemon's name in a fleet (docs/fleet.md)
+        store = Store.open(profile.store.url or dirs.db, box=profile.box)
     except (OSError, RuntimeError, StoreError) as e:
         log.error("cannot start", error=str(e))
         return EXIT_FAILURE
     log.info("starting", profile=profile.path, state_dir=str(dirs.state_dir), pid=os.getpid(),
-             store=store.where)  # fmt: skip
+             store=store.where, box=store.box, fleet=profile.fleet.enabled)  # fmt: skip
     keep_profile_copy(dirs, _read(profile_path))
     server = checks = endpoint = None
     try:
@@ -152,11 +167,15 @@ def run_daemon(
         run_id = store.daemon_started(os.getpid(), boot_id, clock.now())
         manager = ProcessManager(profile, store, clock, seam or RealOs(), dirs.runs_dir,
                                  dirs.logs_dir, source.current_level())  # fmt: skip
+        if profile.fleet.enabled:
+            manager.games = {}  # a fleet box holds only the games it claims
         manager.restore()
         notifier.extend_timeout(profile.stop_grace + 30)  # leftovers may need stop_grace
         stopped = manager.stop_leftovers(find_leftover)
         if stopped:
             log.warning("stopped leftover trainers of a previous daemon", games=stopped)
+        if profile.fleet.enabled:
+            join_fleet(profile, store, clock, manager)
         sup = Supervisor(profile, store, clock, manager, source, notifier=notifier,
                          gpu=GpuProbe(), daemon_run_id=run_id)  # fmt: skip
         install_signal_handlers(sup)

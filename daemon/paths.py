@@ -53,6 +53,7 @@ class Dirs:
     runtime_dir: Path
     logs_dir: Path
     socket: Path
+    runs: Path | None = None  # the profile's paths.runs_dir (fleet mode: shared storage)
 
     @property
     def db(self) -> Path:
@@ -60,7 +61,7 @@ class Dirs:
 
     @property
     def runs_dir(self) -> Path:
-        return self.state_dir / RUNS_NAME
+        return self.runs if self.runs is not None else self.state_dir / RUNS_NAME
 
     @property
     def lock_file(self) -> Path:
@@ -148,6 +149,7 @@ def resolve_dirs(
         runtime_dir=runtime.absolute(),
         logs_dir=logs.absolute(),
         socket=Path(socket or runtime / SOCKET_NAME).absolute(),
+        runs=Path(runs).absolute() if (runs := getattr(profile, "runs_dir", None)) else None,
     )
 
 

@@ -16,6 +16,7 @@ differs, does the level change (graceful parallel stop, restart with the new set
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -137,6 +138,7 @@ class Supervisor:
         self.metrics: Any = None
         self.last_procs: dict[str, Any] = {}
         self._status_line = ""
+        self._next_command_poll = 0.0
         for name, fn in (("status", self.cmd_status), ("start", self.cmd_start),
                          ("stop", self.cmd_stop), ("restart", self.cmd_restart),
                          ("reload", self.cmd_reload), ("shutdown", self.cmd_shutdown)):  # fmt: skip
@@ -196,6 +198,8 @@ class Supervisor:
             except queue.Empty:
                 event = None
         self.manager.tick()
+        if self.manager.fleet is not None and not self.stopping:
+            self._fleet_commands()
         self.side_jobs.poll()
         if not self.stopping:
             self.evals.tick(self._idle_slot)
@@ -256,6 +260,33 @@ class Supervisor:
         if self.daemon_run_id is not None:
             self.store.daemon_heartbeat(self.daemon_run_id, self.clock.now())
         self.notifier.watchdog()
+
+    def _fleet_commands(self) -> None:
+        """Operator commands other boxes or atarictl sent for games this box holds (rows of
+        ``commands``, docs/fleet.md), carried out as if they had come over this socket; at
+        most one look a second."""
+        fleet, mono = self.manager.fleet, self.clock.monotonic()
+        assert fleet is not None
+        if mono < self._next_command_poll:
+            return
+        self._next_command_poll = mono + 1.0
+        try:
+            due = fleet.due_commands()
+        except StoreError:
+            return  # the renewal logs the outage; the rows wait in the database
+        for row in due:
+            if row.game not in self.manager.games:
+                continue
+            result = getattr(self.manager, row.verb)([row.game])
+            text = f"{row.verb} from {row.sent_by or '?'} (fleet command #{row.id}): " + \
+                ", ".join(f"{g} {s}" for g, s in result.items())
+            self._record(text, "operator")
+            log.info("fleet command carried out", command=row.id, verb=row.verb, game=row.game,
+                     sent_by=row.sent_by, result=result)  # fmt: skip
+            # Unrecorded (the database went away): carried out once more on a later pass; a start
+            # or stop of a game already in that state changes nothing.
+            with contextlib.suppress(StoreError):
+                fleet.commands.done(row.id, self.clock.now(), text)
 
     def _on_stability(self) -> None:
         decision = self.level_source.check(self.clock.now())
@@ -420,10 +451,28 @@ class Supervisor:
                 ReplyCode.BAD_REQUEST, 'args.games must be a list of game names or ["all"]'
             )
         unknown = self.manager.unknown(names)
+        if self.manager.fleet is not None:
+            unknown = [n for n in unknown if n not in self.manager.fleet.games]
         if unknown:
+            known = self.manager.fleet.games if self.manager.fleet else self.manager.games
             raise CommandError(ReplyCode.UNKNOWN_GAME, f"unknown game {', '.join(unknown)}; known: "
-                               f"{', '.join(self.manager.games)}")  # fmt: skip
+                               f"{', '.join(sorted(known))}")  # fmt: skip
         return names
+
+    def _operator(self, verb: str, args: dict[str, Any]) -> dict[str, Any]:
+        """start/stop/restart: games this box holds here; in fleet mode a game held elsewhere
+        (or by nobody yet) through a command row its holder carries out (docs/fleet.md)."""
+        names = self._names(args)
+        fleet = self.manager.fleet
+        if fleet is None or "all" in names:
+            return {"games": getattr(self.manager, verb)(names)}
+        here = [n for n in names if n in self.manager.games and n not in self.manager.lost]
+        out = getattr(self.manager, verb)(here) if here else {}
+        for n in names:
+            if n not in out:
+                cid = fleet.commands.send(n, verb, self.clock.now())
+                out[n] = f"sent to its holder (fleet command #{cid})"
+        return {"games": out}
 
     def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
         now = self.clock.now()
@@ -457,7 +506,11 @@ class Supervisor:
             extra={"level_state": auto.get("state", level), "autoscaler": auto,
                    "gpu_sample": self.last_gpu,  # the NVML numbers as sampled, for --json
                    "pressure": self.last_pressure,  # PSI, memory, swap, OOM kills (pressure.py)
-                   "summary": self.status_line(), "counts": self.manager.counts()},
+                   "summary": self.status_line(), "counts": self.manager.counts(),
+                   "box": self.store.box,
+                   "fleet": None if self.manager.fleet is None else {
+                       "held": {g: lease.token for g, lease in self.manager.fleet.held.items()},
+                       "lease_s": self.manager.fleet.leases.lease_s}},
         ).to_dict()  # fmt: skip
 
     def cmd_top(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -473,13 +526,13 @@ class Supervisor:
         )  # fmt: skip
 
     def cmd_start(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"games": self.manager.start(self._names(args))}
+        return self._operator("start", args)
 
     def cmd_stop(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"games": self.manager.stop(self._names(args))}
+        return self._operator("stop", args)
 
     def cmd_restart(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"games": self.manager.restart(self._names(args))}
+        return self._operator("restart", args)
 
     def cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -536,6 +589,11 @@ class Supervisor:
         self.notifier.extend_timeout(self.profile.stop_grace + 15)
 
     def _finish_shutdown(self) -> None:
+        try:
+            self.manager.release_fleet()
+        except StoreError as e:
+            log.warning("could not hand the games back to the fleet; they move after fleet.lease",
+                        error=str(e))  # fmt: skip
         if self.daemon_run_id is not None:
             self.store.daemon_stopped(self.daemon_run_id, self.clock.now(), clean=True)
         log.info("all trainers stopped; daemon exits")

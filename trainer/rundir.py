@@ -139,19 +139,30 @@ class RunFiles:
         check_writable(run_dir)
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
+            locked = True
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise UsageError(
-                    f"atari-trainer: run dir {run_dir} is busy: another trainer (pid {holder}) "
-                    f"holds {run_dir / LOCK_FILE}; stop it or pass another --run-dir",
-                    ExitCode.RUN_DIR_BUSY,
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                if _fence is None:
+                    raise UsageError(
+                        f"atari-trainer: run dir {run_dir} is busy: another trainer (pid "
+                        f"{holder}) holds {run_dir / LOCK_FILE}; stop it or pass another --run-dir",
+                        ExitCode.RUN_DIR_BUSY,
+                    ) from None
+                # Fleet mode: a superseded holder that is paused (SIGSTOP, a hung host) keeps
+                # its lock until it runs again, but the fence already stops it writing (it reads
+                # our newer token before each rename), so the new holder goes on without it.
+                locked = False
+                log.warning("run dir lock held by pid %s, a superseded holder: going on "
+                            "under fencing token %d (it writes nothing more)", holder,
+                            _fence[1])  # fmt: skip
+            if locked:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             files = cls(run_dir)
-            files.remove_stale_temps()
+            if locked:  # else the temps may be the paused holder's, about to be dropped by it
+                files.remove_stale_temps()
             try:
                 yield files
             finally:

@@ -11,6 +11,7 @@ import yaml
 from daemon.config.errors import ProfileError
 from daemon.config.games import envpool_task, unknown_game_hint
 from daemon.config.schema import (
+    BOX_RE,
     FALLBACK_STATE,
     METRICS_PORT,
     STORE_URL_RE,
@@ -255,6 +256,7 @@ def _cross_check(
                       f"{p.store.url!r} is not a store URL",
                       "use null (the state dir's SQLite file), sqlite:///PATH or "
                       "postgresql+psycopg://USER@HOST:PORT/DATABASE")  # fmt: skip
+    _check_fleet(ctx, p, root)
     host_gib = host_memory_bytes / 1024**3
     algos = {p.level_algo(lv) for lv in p.levels}
     for lv in p.levels:
@@ -270,6 +272,30 @@ def _cross_check(
                 f"{host_gib:.1f} GiB",
                 "lower games, num_envs or buffer_gb",
             )
+
+
+def _check_fleet(ctx: Ctx, p: Profile, root: yaml.Node) -> None:
+    if p.box is not None and not re.match(BOX_RE, p.box):
+        raise ctx.err(node_of(root, "box"), "box", f"{p.box!r} is not a box name",
+                      "use letters, digits, '.', '_' or '-' (at most 63), or null for the "
+                      "host name")  # fmt: skip
+    if not p.fleet.enabled:
+        return
+    if p.store.url is None or not p.store.url.startswith("postgresql"):
+        raise ctx.err(node_of(root, "fleet", "enabled"), "fleet.enabled",
+                      "fleet mode needs a store every box shares",
+                      "set store.url to postgresql+psycopg://USER@HOST:PORT/DATABASE")  # fmt: skip
+    if p.paths.runs_dir is None:
+        raise ctx.err(node_of(root, "fleet", "enabled"), "fleet.enabled",
+                      "fleet mode needs run dirs every box shares",
+                      "set paths.runs_dir to a directory every box mounts (e.g. NFS)")  # fmt: skip
+    # Renewals ride on the health check: a lease must outlast a couple of missed checks, or a
+    # box that is merely slow loses its games.
+    if p.fleet.lease < 3 * p.checks.health:
+        raise ctx.err(node_of(root, "fleet", "lease"), "fleet.lease",
+                      f"{p.fleet.lease:g}s is under 3 x checks.health ({p.checks.health:g}s)",
+                      f"set fleet.lease to at least {3 * p.checks.health:g}s, or check health "
+                      "more often")  # fmt: skip
 
 
 def _check_algos(ctx: Ctx, p: Profile, root: yaml.Node) -> None:

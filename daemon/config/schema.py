@@ -162,6 +162,18 @@ class StoreSettings:
     url: str | None = _f("str", None, optional=True)
 
 
+@dataclass(frozen=True)
+class FleetSettings:
+    """Fleet mode (docs/fleet.md): boxes share one PostgreSQL store and one runs dir, and each
+    claims games from the shared queue as leases it renews from the health check."""
+
+    enabled: bool = _f("bool", False)
+    lease: float = _f("duration", 60.0, positive=True)
+
+
+# A box's name: what `atarictl --fleet status` shows and the per-box rows carry.
+BOX_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
 STORE_URL_RE = r"^(sqlite:///.+|postgresql\+psycopg://[^/?#]*/[^/?#]+(\?.*)?)$"
 
 
@@ -176,6 +188,8 @@ class Paths:
     state_dir: str | None = _f("str", None, optional=True)
     logs_dir: str | None = _f("str", None, optional=True)
     runtime_dir: str | None = _f("str", None, optional=True)
+    # The trainers' run dirs; null: <state-dir>/runs. In fleet mode, storage every box shares.
+    runs_dir: str | None = _f("str", None, optional=True)
     boot_id_file: str = _f("str", "/proc/sys/kernel/random/boot_id")
 
 
@@ -235,6 +249,8 @@ class Profile:
     eval: EvalSettings = field(default_factory=EvalSettings, metadata=_sec(EvalSettings))
     reports: Reports = field(default_factory=Reports, metadata=_sec(Reports))
     store: StoreSettings = field(default_factory=StoreSettings, metadata=_sec(StoreSettings))
+    box: str | None = _f("str", None, optional=True)  # null: the host name
+    fleet: FleetSettings = field(default_factory=FleetSettings, metadata=_sec(FleetSettings))
 
     def level_algo(self, level: Level) -> str:
         """The level's algo, else the profile's (the loader checks all levels agree)."""

@@ -19,6 +19,7 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.config import Level, Profile
+from daemon.fleet import Fleet, write_fence
 from daemon.placement import Gpu, choose_gpu
 from daemon.process.os_seam import OsSeam, Proc, rotate_log
 from daemon.process.outbox import Outbox
@@ -42,10 +43,13 @@ def describe_exit(rc: int) -> tuple[int | None, str | None, str]:
     return rc, None, f"exit code {rc}"
 
 
-def trainer_argv(profile: Profile, level: Level, game: Game, run_dir: Path) -> list[str]:
+def trainer_argv(
+    profile: Profile, level: Level, game: Game, run_dir: Path, fence_token: int | None = None
+) -> list[str]:
     """The trainer's command line, built by the contract from ``Args`` field names. The buffer
     is always passed (the trainer's default when the level has none), so a resume never keeps
-    another budget than the one the profile validator counted."""
+    another budget than the one the profile validator counted. ``fence_token``: fleet mode's
+    lease token (the trainer stops writing once the run dir's fence holds a newer one)."""
     values = {
         "game": game.name, "episodes": game.target,
         # A run keeps the algo it started with (its network and checkpoints are that algo's):
@@ -55,6 +59,7 @@ def trainer_argv(profile: Profile, level: Level, game: Game, run_dir: Path) -> l
         "run_dir": run_dir, "device": profile.device,
         "seed": profile.seed + game.index, "checkpoint_every": profile.checkpoint_every,
         "buffer_gb": contract.buffer_gb_or_default(level.buffer_gb),
+        "fence_token": fence_token,
     }  # fmt: skip
     return [sys.executable, "-m", "trainer", *contract.to_argv(values),
             *profile.trainer_args, *level.trainer_args]  # fmt: skip
@@ -117,6 +122,12 @@ class ProcessManager:
         # Slots the autoscaler took back at the bottom rung under pressure (``pause_newest``);
         # ``resume_paused`` gives one back, a level change all.
         self.paused_slots = 0
+        # Fleet mode (docs/fleet.md): ``games`` holds only the games this box has claimed; a
+        # game lost to another box is in ``lost`` until its trainer is gone, and its shared
+        # games row is no longer this box's to write.
+        self.fleet: Fleet | None = None
+        self.lost: set[str] = set()
+        self._next_claim = 0.0
 
     # ------------------------------------------------------------------ paths and records
 
@@ -145,6 +156,8 @@ class ProcessManager:
     def _persist(self, g: Game) -> None:
         """The game's row in the store: a snapshot, so a refused write only marks it dirty and
         the latest state is written on a later pass (``flush_store``)."""
+        if g.name in self.lost:
+            return  # the new holder writes it now
         if self.outbox:
             self.outbox.dirty.add(g.name)  # its history is not written yet: keep the order
             return
@@ -185,25 +198,29 @@ class ProcessManager:
         """Rebuild every game from the store and its run dir's progress.json."""
         stored = self.store.games()
         for g in self.games.values():
-            self._read_run_dir(g)
-            row = stored.get(g.name, {})
-            episodes = int(g.progress.get("episodes") or row.get("episodes") or 0)
-            prev = row.get("state")
-            if episodes >= g.target:
-                g.done(f"target reached ({episodes}/{g.target} episodes)")
-            elif _trainer_done(g):
-                g.done(f"trainer reported done ({episodes}/{g.target} episodes)")
-            elif prev in (State.STOPPED.value, State.FATAL.value):
-                g.restored(State(prev), f"restored {prev} from the store")
-            elif contract.has_checkpoint(self.run_dir(g.name)):
-                g.restored(State.QUEUED, f"restored: {episodes}/{g.target} episodes; "
-                           "resumes from its checkpoint")  # fmt: skip
-            elif episodes:
-                g.restored(State.QUEUED, f"restored: {episodes}/{g.target} episodes; no "
-                           "checkpoint yet, so it starts over")  # fmt: skip
-            else:
-                g.restored(State.QUEUED, "restored: not started yet")
-            self._decide(g, prev, g.reason)
+            self._restore_game(g, stored.get(g.name, {}))
+
+    def _restore_game(self, g: Game, row: dict[str, Any]) -> None:
+        """One game from its stored row and its run dir: at daemon start, or when this box
+        claims it from the fleet's queue (it resumes where the last holder left it)."""
+        self._read_run_dir(g)
+        episodes = int(g.progress.get("episodes") or row.get("episodes") or 0)
+        prev = row.get("state")
+        if episodes >= g.target:
+            g.done(f"target reached ({episodes}/{g.target} episodes)")
+        elif _trainer_done(g):
+            g.done(f"trainer reported done ({episodes}/{g.target} episodes)")
+        elif prev in (State.STOPPED.value, State.FATAL.value):
+            g.restored(State(prev), f"restored {prev} from the store")
+        elif contract.has_checkpoint(self.run_dir(g.name)):
+            g.restored(State.QUEUED, f"restored: {episodes}/{g.target} episodes; "
+                       "resumes from its checkpoint")  # fmt: skip
+        elif episodes:
+            g.restored(State.QUEUED, f"restored: {episodes}/{g.target} episodes; no "
+                       "checkpoint yet, so it starts over")  # fmt: skip
+        else:
+            g.restored(State.QUEUED, "restored: not started yet")
+        self._decide(g, prev, g.reason)
 
     def stop_leftovers(self, find: Any) -> list[str]:
         """After a ``kill -9`` of the daemon its trainers live on in their own process groups.
@@ -303,11 +320,15 @@ class ProcessManager:
         for name in [n for n in self.removed if self.games[n].proc is None]:
             del self.games[name]
             self.removed.discard(name)
+        for name in [n for n in self.lost if n in self.games and self.games[n].proc is None]:
+            del self.games[name]  # lost to another box: it shows there now
         self._fill_slots()
 
     def health(self) -> None:
         """Heartbeats, frozen detection, backoff reset, log rotation (the health job)."""
         mono, now = self.clock.monotonic(), self.clock.now()
+        if self.fleet is not None:
+            self.renew_leases()
         for g in self.games.values():
             if g.state in LIVE:
                 self._read_run_dir(g)
@@ -342,6 +363,10 @@ class ProcessManager:
         prev = g.state
         after = g.after
         outcome = Outcome.CRASH
+        if code == contract.ExitCode.SUPERSEDED and self.fleet is not None:
+            # The trainer found a newer holder's token in the fence before the health check's
+            # renewal told this box: the game is lost, whatever state it was in here.
+            self._lose(g, "trainer exit code 8: the run dir's fence holds a newer token")
         if g.state is State.STOPPING:
             outcome = Outcome.STOPPED
             reason = f"{g.stop_reason}: {text}"
@@ -381,6 +406,9 @@ class ProcessManager:
 
             self.outbox.write(f"run ended {g.name}", ended)
         self._decide(g, prev, reason)
+        if self.fleet is not None and g.state is State.DONE and g.name not in self.lost:
+            with contextlib.suppress(StoreError):  # else at shutdown (release_fleet)
+                self.fleet.release(g.name, done=True)
         if after is After.RESTART and g.state is State.QUEUED and not self.draining:
             self._spawn(g, "restart after stop")
 
@@ -393,7 +421,8 @@ class ProcessManager:
             return
         level = self.profile.level(self.level)
         run_dir = self.run_dir(g.name)
-        argv = trainer_argv(self.profile, level, g, run_dir)
+        token = None if self.fleet is None else self.fleet.token(g.name)
+        argv = trainer_argv(self.profile, level, g, run_dir, token)
         prev = g.state
         device = self._place()
         env = None if device is None else {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -476,18 +505,117 @@ class ProcessManager:
     def _fill_slots(self) -> None:
         if self.draining:
             return
+        if self.fleet is not None and not self._draining_level():
+            self._fill_from_fleet()
         # While a level change drains, start nothing: old and new load must not overlap. The
         # drain is known by the epoch each live process was started at, whatever an operator
         # did to it since. (An operator start of a stopping game also pauses the queue, for
         # that one stop.)
-        if any(
-            g.proc is not None
-            and (g.epoch != self.epoch or (g.state is State.STOPPING and g.after is After.QUEUED))
-            for g in self.games.values()
-        ):
+        if self._draining_level():
             return
         for g in self.queue_order()[: self.free_slots()]:
             self._spawn(g, "slot free")
+
+    def _draining_level(self) -> bool:
+        return any(
+            g.proc is not None
+            and (g.epoch != self.epoch or (g.state is State.STOPPING and g.after is After.QUEUED))
+            for g in self.games.values()
+        )
+
+    # ------------------------------------------------------------------ fleet mode
+
+    def _fill_from_fleet(self) -> None:
+        """Claim games for the free slots (at most once a second); hand back queued games beyond
+        them (a demotion, a pause), so another box with room runs them."""
+        assert self.fleet is not None
+        free, queued = self.free_slots(), self.queue_order()
+        try:
+            for g in [g for g in queued if g.name not in self.fleet.held]:
+                # Queued again without a lease (an operator start of a game this box finished
+                # and released): back into the queue, for whichever box claims it.
+                left = max(1, g.target - int(g.progress.get("episodes") or 0))
+                self.fleet.leases.offer({g.name: float(left)})
+                del self.games[g.name]
+                queued.remove(g)
+            for g in queued[free:]:
+                self.fleet.release(g.name)
+                del self.games[g.name]
+                log.info("game handed back to the fleet", game=g.name, box=self.fleet.box,
+                         reason=f"more queued games than free slots ({free})")  # fmt: skip
+            want, mono = free - len(queued), self.clock.monotonic()
+            if want <= 0 or mono < self._next_claim:
+                return
+            self._next_claim = mono + 1.0
+            claimed = self.fleet.claim(want)
+        except StoreError as e:
+            log.warning("fleet queue unreachable; trainers keep running", error=str(e))
+            return
+        stored = self.store.games() if claimed else {}
+        for lease in claimed:
+            self._adopt(lease.game, lease.token, stored.get(lease.game, {}))
+
+    def _adopt(self, name: str, token: int, row: dict[str, Any]) -> None:
+        """A claimed game joins this box: its fence first (a stale holder's trainer stops
+        writing from now on), then its state from the store and its run dir, as at a start."""
+        assert self.fleet is not None
+        index = next((i for i, gt in enumerate(self.profile.games) if gt.name == name), None)
+        if index is None:  # claims are filtered by the profile's games; a reload raced it
+            self.fleet.release(name)
+            return
+        write_fence(self.run_dir(name), token)
+        self.lost.discard(name)
+        g = self.games[name] = Game(name, self.profile.games[index].target, index)
+        self._restore_game(g, row)
+        log.info("claimed from the fleet", game=name, box=self.fleet.box, token=token,
+                 state=g.state.value)  # fmt: skip
+        if g.state is State.DONE:
+            self.fleet.release(name, done=True)
+
+    def renew_leases(self) -> None:
+        """The health check's renewal; a game another box claimed meanwhile is stopped here."""
+        assert self.fleet is not None
+        try:
+            lost = self.fleet.renew()
+        except StoreError as e:
+            log.warning("lease renewal failed; trainers keep running, retried at the next "
+                        "health check", error=str(e), lease=self.fleet.leases.lease_s)  # fmt: skip
+            return
+        for name in lost:
+            g = self.games.get(name)
+            if g is not None:
+                self._lose(g, "lease lost: another box claimed the game (its lease "
+                           f"expired: fleet.lease={self.fleet.leases.lease_s:g}s)")  # fmt: skip
+
+    def _lose(self, g: Game, why: str) -> None:
+        """Another box holds ``g`` now: stop its trainer here (SIGTERM; a fenced trainer writes
+        nothing more) and forget the game once its process is gone."""
+        assert self.fleet is not None
+        self.fleet.forget(g.name)
+        if g.name in self.lost:
+            return
+        self.lost.add(g.name)
+        log.warning("game lost to another box", game=g.name, box=self.fleet.box, reason=why)
+        if g.state in (State.STARTING, State.RUNNING):
+            self._stop(g, After.STOPPED, why)
+        elif g.state is State.STOPPING:
+            g.after = After.STOPPED
+
+    def work_left(self, name: str, target: int) -> int:
+        """Episodes a game still has to run, from its run dir (0: done), the fleet's claim
+        order: the most work left first."""
+        g = Game(name, target, 0)
+        g.progress = read_progress(self.run_dir(name))
+        return 0 if _trainer_done(g) else max(0, target - int(g.progress.get("episodes") or 0))
+
+    def release_fleet(self) -> None:
+        """At shutdown, once every trainer has stopped: hand every game back at once, so other
+        boxes claim them now rather than after ``fleet.lease``."""
+        if self.fleet is None:
+            return
+        for name in list(self.fleet.held):
+            g = self.games.get(name)
+            self.fleet.release(name, done=g is not None and g.state is State.DONE)
 
     # ------------------------------------------------------------------ stops
 

@@ -6,20 +6,21 @@ SKIP LOCKED`` on PostgreSQL, so boxes claiming at the same moment skip each othe
 of waiting or taking the same game (the queue pattern of procrastinate, Oban, pg-boss). A claim
 is a lease: it lasts ``lease_s`` and the box renews all of its leases at once (``renew``, one
 UPDATE from the health check). A lease not renewed in time expires, and any box may claim the
-game. Every claim adds one to the game's ``token``: a holder whose token is no longer the
+game; until one does, the holder's next renewal takes it back (its token still the game's, no
+other box ever ran it: a box that only missed renewals, e.g. while PostgreSQL restarted, loses
+nothing). Every claim adds one to the game's ``token``: a holder whose token is no longer the
 game's knows it was superseded (``current_token``), and must write nothing more for the game.
 
 Times are the caller's clock (``now``): every box's clock is assumed within a small fraction of
 ``lease_s`` of the others (NTP), as docs/fleet.md states. On SQLite (one box) the same calls
 work, serialized by the file's write lock (``BEGIN IMMEDIATE``).
 
-Built and tested as the store's building block; the daemon does not use it yet (docs/fleet.md,
-"Limits today").
+The daemon's side (what to claim, when to renew, what a lost game means) is ``daemon/fleet.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, or_, select, update
@@ -60,8 +61,9 @@ class Leases:
             for game, left in sorted(work.items()):
                 upsert(conn, s.leases, {"game": game}, {"work": float(left)}, {"token": 0})
 
-    def claim(self, n: int, now: float) -> list[Lease]:
-        """Up to ``n`` free games (never held, released, or expired), most work first."""
+    def claim(self, n: int, now: float, games: Collection[str] | None = None) -> list[Lease]:
+        """Up to ``n`` free games (never held, released, or expired), most work first; only
+        ``games`` when given (a box claims only games its profile has)."""
         if n <= 0:
             return []
         q = (
@@ -71,6 +73,8 @@ class Leases:
             .limit(n)
             .with_for_update(skip_locked=True)
         )
+        if games is not None:
+            q = q.where(_c.game.in_(sorted(games)))
         with self.store._begin() as conn:
             _write_lock(conn)
             games = list(conn.execute(q).scalars())
@@ -92,27 +96,32 @@ class Leases:
                       key=lambda lease: order[lease.game])  # fmt: skip
 
     def renew(self, now: float) -> list[Lease]:
-        """Extend every live lease of this box (one statement); what it returns is what the box
-        still holds. A game missing from it was lost (expired, maybe claimed by another box):
-        its trainer must stop without writing."""
+        """Extend every lease of this box (one statement); what it returns is what the box
+        still holds. A game missing from it was lost (claimed by another box): its trainer must
+        stop without writing. An expired lease nobody claimed since is still this box's (same
+        token) and is renewed."""
         with self.store._begin() as conn:
             rows = conn.execute(
                 update(s.leases)
-                .where(_c.box == self.box, _c.expires_at >= now)
+                .where(_c.box == self.box, _c.expires_at.is_not(None))
                 .values(expires_at=now + self.lease_s)
                 .returning(_c.game, _c.token, _c.expires_at)
             ).all()
         return sorted((Lease(r.game, self.box, int(r.token), float(r.expires_at)) for r in rows),
                       key=lambda lease: lease.game)  # fmt: skip
 
-    def release(self, lease: Lease) -> bool:
-        """Give the game back (its trainer stopped, or it is done); False when the lease had
-        already been superseded, so a stale holder never frees a newer holder's game."""
+    def release(self, lease: Lease, *, done: bool = False) -> bool:
+        """Give the game back (``done``: with no work left, so nobody claims it again); False
+        when the lease had already been superseded, so a stale holder never frees a newer
+        holder's game."""
+        values: dict[str, object] = {"box": None, "expires_at": None}
+        if done:
+            values["work"] = 0.0
         with self.store._begin() as conn:
             res = conn.execute(
                 update(s.leases)
                 .where(_c.game == lease.game, _c.box == self.box, _c.token == lease.token)
-                .values(box=None, expires_at=None)
+                .values(**values)
             )
         return res.rowcount == 1
 

@@ -53,6 +53,20 @@ def test_an_expired_lease_moves_with_a_higher_token_and_the_stale_holder_finds_o
     assert b.release(moved) is True
     (again,) = a.claim(1, now=21.0)  # released: free again, one more token
     assert again.token == moved.token + 1
+    # Expired at 31 but claimed by nobody since: box-a's next renewal takes it back, same token
+    # (a box that missed renewals while the database restarted loses nothing).
+    assert [(x.game, x.token) for x in a.renew(now=40.0)] == [("Pong", again.token)]
+    assert b.claim(1, now=41.0) == []
+    assert a.release(again, done=True) is True
+    assert b.claim(1, now=42.0) == []  # done: no work left, nobody claims it again
+
+
+def test_a_box_claims_only_the_games_of_its_profile(new_db) -> None:
+    store = Store.open(new_db())
+    a, b = Leases(store, "box-a", 10), Leases(store, "box-b", 10)
+    a.offer({"Pong": 100.0, "Breakout": 50.0})
+    assert [x.game for x in b.claim(2, now=0.0, games={"Breakout"})] == ["Breakout"]
+    assert [x.game for x in a.claim(2, now=0.0, games={"Pong", "Breakout"})] == ["Pong"]
 
 
 _CLAIMER = textwrap.dedent("""
