@@ -510,6 +510,7 @@ class Supervisor:
                    "box": self.store.box,
                    "fleet": None if self.manager.fleet is None else {
                        "held": {g: lease.token for g, lease in self.manager.fleet.held.items()},
+                       "games": sorted(self.manager.fleet.games),
                        "lease_s": self.manager.fleet.leases.lease_s}},
         ).to_dict()  # fmt: skip
 

@@ -95,6 +95,7 @@ _GLOBAL_VALUED = (
     "--socket",
     "--timeout",
     "--print-completion",
+    "--store-url",
 )
 DEFAULT_TIMEOUT = 30.0
 
@@ -141,6 +142,19 @@ def _globals(p: argparse.ArgumentParser, suppress: bool) -> None:
         action="store_true",
         default=d(False),
         help="machine-readable output (default: human text)",
+    )
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        default=d(False),
+        help="status, start, stop, restart over every box of the fleet, through its PostgreSQL "
+        "store (docs/fleet.md)",
+    )
+    p.add_argument(
+        "--store-url",
+        default=d(None),
+        metavar="URL",
+        help="the fleet's store for --fleet (default: the local daemon's store.url)",
     )
 
 
@@ -312,6 +326,10 @@ class Ctl:
         return st, code
 
     def cmd_status(self) -> int:
+        if self.args.fleet:
+            from daemon.atarictl.fleet import cmd_fleet_status
+
+            return cmd_fleet_status(self)
         if self.args.watch is None:
             st, code = self.status_data()
             self.out(fmt.format_status(st), st)
@@ -341,9 +359,16 @@ class Ctl:
     def _games_cmd(self, cmd: str) -> int:
         from daemon.atarictl.wait import report
 
+        if self.args.fleet:
+            from daemon.atarictl.fleet import cmd_fleet_games
+
+            return cmd_fleet_games(self, cmd)
         # The profile's spelling, case-insensitively; an unknown name gets the one wording.
         before = self.client.call("status", {})
-        games = resolve_games(self.args.games, [g["game"] for g in before["games"]], allow_all=True)
+        # A fleet box also takes the fleet's games it does not hold (it forwards them).
+        fleet = before.get("fleet") or {}
+        known = {g["game"] for g in before["games"]} | set(fleet.get("games", []))
+        games = resolve_games(self.args.games, sorted(known), allow_all=True)
         result = self.client.call(cmd, {"games": games})
         return report(self, self.client, cmd, result, before, self.args.wait)
 
@@ -636,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if extra:  # named by the command's parser, so the hint is that command's --help
         _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "fleet", False) and args.command not in ("status", "start", "stop", "restart"):
+        _subparser(parser, args.command).error(
+            "--fleet works with status, start, stop and restart")
     paths = resolve_dirs(args.state_dir, args.runtime_dir, args.logs_dir, args.socket)
     ctl = Ctl(args, paths)
     handler = getattr(ctl, "cmd_" + args.command.replace("-", "_"))

@@ -155,6 +155,11 @@ def format_status(st: dict[str, Any]) -> str:
     )
     if st["source"] == "daemon":
         lines.append("pressure: " + pressure_line(st.get("pressure"), st.get("gpu_sample")))
+    fleet = st.get("fleet")
+    if isinstance(fleet, dict):
+        held = ", ".join(f"{g} (token {t})" for g, t in sorted(fleet.get("held", {}).items()))
+        lines.append(f"fleet: box {st.get('box')} holds {held or 'nothing'} · lease "
+                     f"{fleet.get('lease_s', 0):g}s · every box: atarictl --fleet status")
     rows = []
     for g in st["games"]:
         target = "?" if g["target"] is None else str(g["target"])

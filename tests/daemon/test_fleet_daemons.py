@@ -14,7 +14,9 @@ once:
    on SIGCONT the stale trainer and daemon stop without writing a byte over the new holder's
    files (hashes and counters compared);
 5. ``pg_ctl restart`` under the fleet: every daemon reconnects, no run ends, none starts twice;
-6. from the runs table: no game ever ran on two boxes at once, except the paused box's frozen
+6. ``atarictl --fleet status`` from a box that holds nothing shows every box and holder; its
+   ``atarictl stop`` and ``atarictl --fleet start`` reach the holder through command rows;
+7. from the runs table: no game ever ran on two boxes at once, except the paused box's frozen
    trainer during its pause, which wrote nothing (step 4).
 """
 
@@ -171,7 +173,7 @@ def test_a_fleet_of_three_boxes(tmp_path: Path, daemons, pg_server) -> None:
     other = first["Acrobot-v1"]
     standby = ({"a", "b", "c"} - {holder, other}).pop()
     assert {g: h[0] for g, h in db.holders().items()} == first
-    st = boxes[standby].status()
+    st = boxes[standby].wait_for("the standby box answers", boxes[standby].status)
     assert st["box"] == standby and st["games"] == [] and st["level"] == "medium"
 
     # 2. kill -9 of CartPole's box: daemon and trainer together.
@@ -278,7 +280,34 @@ def test_a_fleet_of_three_boxes(tmp_path: Path, daemons, pg_server) -> None:
     assert len(db.rows(s.runs)) == n_runs
     assert {g: h[0] for g, h in db.holders().items()} == running
 
-    # 6. No game on two boxes at once, from the runs table's intervals.
+    # 6. atarictl over the fleet, from a box that holds neither game now (the standby of step
+    # 1 took CartPole, the returned box Acrobot) and through the database only.
+    owner = dict(db.running())
+    bystander = other
+    shown = json.loads(boxes[bystander].ctl("--fleet", "status", "--json").stdout)
+    assert {b["box"]: b["level"] for b in shown["boxes"]} == {
+        holder: "fallback", other: "medium", standby: "medium"}  # fmt: skip
+    assert {g["game"]: g["holder"] for g in shown["games"]} == owner
+    assert {b["box"]: b["holds"] for b in shown["boxes"]}[owner["CartPole-v1"]] == ["CartPole-v1"]
+    human = boxes[bystander].ctl("--fleet", "status").stdout
+    assert "BOX" in human and "HOLDER" in human and owner["Acrobot-v1"] in human
+    # `atarictl stop` on the bystander's own socket: it forwards to the holder as a command row.
+    sent = boxes[bystander].ctl("stop", "CartPole-v1")
+    assert sent.returncode == 0 and "sent to its holder (fleet command #" in sent.stdout, sent
+    cart_owner = boxes[owner["CartPole-v1"]]
+    cart_owner.wait_for("the holder carries out the forwarded stop",
+                        lambda: cart_owner.game("CartPole-v1")["state"] == "STOPPED")  # fmt: skip
+    # Stopped, the game stays with its holder: nobody else claims it meanwhile.
+    assert db.holders()["CartPole-v1"][0] == owner["CartPole-v1"]
+    # `atarictl --fleet start` writes the row itself and prints the holder's result.
+    started = boxes[bystander].ctl("--fleet", "start", "CartPole-v1", "--timeout", "60")
+    assert started.returncode == 0 and f"(by {owner['CartPole-v1']})" in started.stdout, started
+    cart_owner.wait_running("CartPole-v1", checkpoint=False)
+    done = db.rows(s.commands)
+    assert [(c["verb"], c["done_by"]) for c in done] == [
+        ("stop", owner["CartPole-v1"]), ("start", owner["CartPole-v1"])]  # fmt: skip
+
+    # 7. No game on two boxes at once, from the runs table's intervals.
     now = time.time()
     all_runs = db.rows(s.runs)
     def end(r: dict[str, Any]) -> float:
