@@ -236,3 +236,44 @@ def test_the_algo_chooses_the_memory_estimate(tmp_path: Path) -> None:
     profile = load_profile(path, host_memory_bytes=16 * 1024**3)
     assert profile.level_algo(profile.level("light")) == "pqn"
     assert profile.level("light").memory_gib("pqn") < 3.2
+
+
+PG = "postgresql+psycopg://atari@db:5432/atari"
+
+
+def fleet_profile(**changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    doc.update({"store": {"url": PG}, "paths": {"runs_dir": "/srv/runs"},
+                "checks": {"health": "15s"},
+                "fleet": {"enabled": True, "lease": "60s"}})  # fmt: skip
+    for dotted, value in changes.items():
+        node = doc
+        *path, last = dotted.split("__")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("changes", "raw", "dotted", "words"),
+    [
+        ({"fleet__enabled": "@@", "store": {}}, "true", "fleet.enabled", "set store.url"),
+        ({"fleet__enabled": "@@", "paths": {}}, "true", "fleet.enabled", "set paths.runs_dir"),
+        ({"fleet__lease": "@@"}, "30s", "fleet.lease", "at least 45s"),
+        ({"box": "@@"}, '"box a"', "box", "not a box name"),
+    ],
+)
+def test_fleet_settings_that_cannot_work_are_refused(
+    tmp_path: Path, changes: dict[str, Any], raw: str, dotted: str, words: str
+) -> None:
+    path, line = write(tmp_path, fleet_profile(**changes), raw)
+    assert words in refused(path, line, dotted)
+
+
+def test_a_fleet_profile_loads(tmp_path: Path) -> None:
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(fleet_profile(box="gpu-07")))
+    p = load_profile(path, host_memory_bytes=1024**5)
+    assert (p.box, p.fleet.enabled, p.fleet.lease, p.paths.runs_dir) == (
+        "gpu-07", True, 60.0, "/srv/runs")  # fmt: skip

@@ -1,0 +1,149 @@
+"""Fleet mode's decisions in the process manager (daemon/fleet.py, docs/fleet.md): two boxes'
+managers on one real store (an SQLite file here; tests/daemon/test_fleet_daemons.py runs real
+daemons on PostgreSQL), one shared runs dir, the fake OS seam and one fake clock (NTP-synced
+boxes). What is checked: claims fill the slots, most work first, and each start is fenced; a
+game lost to another box is stopped here and its shared row left to the new holder; a trainer
+that finds itself superseded drops the game; a finished game leaves the queue; queued games
+beyond the slots go back to the fleet."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from daemon.clock import FakeClock
+from daemon.config import Profile
+from daemon.fleet import Fleet
+from daemon.process import ProcessManager, State
+from daemon.store import Store
+from tests.support.fake_os import FakeOs, pid, states, write_progress
+from tests.support.profiles import MANAGER_PROFILE
+
+LEASE = 30.0  # s; the profile's startsecs is 5 s
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Profile:
+    return MANAGER_PROFILE.load(tmp_path / "p.yaml")
+
+
+class Box:
+    def __init__(self, tmp_path: Path, profile: Profile, name: str, clock: FakeClock) -> None:
+        self.fake = FakeOs()
+        self.fake.next_pid = {"a": 1000, "b": 2000}[name]
+        self.store = Store.open(tmp_path / "atari.db", box=name)
+        self.mgr = ProcessManager(profile, self.store, clock, self.fake, tmp_path / "runs",
+                                  tmp_path / f"logs-{name}", "light")  # fmt: skip
+        self.mgr.games = {}
+        self.mgr.restore()
+        fleet = Fleet(self.store, LEASE, clock, [g.name for g in profile.games])
+        fleet.start({g.name: float(self.mgr.work_left(g.name, g.target)) for g in profile.games})
+        self.mgr.fleet = fleet
+
+    def argv(self, game: str) -> list[str]:
+        return self.fake.argv[pid(self.mgr, game)]
+
+
+def _boxes(tmp_path: Path, profile: Profile) -> tuple[Box, Box, FakeClock]:
+    clock = FakeClock()
+    return Box(tmp_path, profile, "a", clock), Box(tmp_path, profile, "b", clock), clock
+
+
+def _token(argv: list[str]) -> int:
+    return int(argv[argv.index("--fence-token") + 1])
+
+
+def test_claims_fill_the_slots_most_work_first_and_each_start_is_fenced(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, b, _clock = _boxes(tmp_path, profile)
+    a.mgr.tick()  # light: 2 slots; Pong (50) and Breakout (30) have the most work left
+    assert states(a.mgr) == {"Pong": "STARTING", "Breakout": "STARTING"}
+    b.mgr.tick()
+    assert states(b.mgr) == {"CartPole-v1": "STARTING"}
+    for box in (a, b):
+        for game in box.mgr.games:
+            token = _token(box.argv(game))
+            assert (tmp_path / "runs" / game / "fence").read_text().strip() == str(token)
+    assert {r["game"]: r["box"] for r in a.store.runs()} == {
+        "Pong": "a", "Breakout": "a", "CartPole-v1": "b"}  # fmt: skip
+
+
+def test_a_game_lost_to_another_box_is_stopped_and_its_row_left_to_the_new_holder(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, b, clock = _boxes(tmp_path, profile)
+    a.mgr.tick()
+    b.mgr.tick()
+    stale = pid(a.mgr, "Pong")
+    # Box a stops renewing (paused); b, its two slots free after CartPole's end, claims both.
+    b.fake.exits[pid(b.mgr, "CartPole-v1")] = 0
+    write_progress(b.mgr, "CartPole-v1", episodes=20, status="done", target_episodes=20)
+    clock.advance(LEASE + 1)
+    b.mgr.health()  # b renews its own; a's leases are past their expiry
+    b.mgr.tick()
+    assert states(b.mgr) == {"CartPole-v1": "DONE", "Pong": "STARTING", "Breakout": "STARTING"}
+    new_token = _token(b.argv("Pong"))
+    assert (tmp_path / "runs" / "Pong" / "fence").read_text().strip() == str(new_token)
+    # a comes back: its renewal tells it Pong is gone; its trainer gets SIGTERM (it is fenced).
+    a.mgr.health()
+    assert a.fake.sent(stale) == [signal.SIGTERM, signal.SIGCONT]
+    assert a.mgr.fleet.held == {}
+    b.mgr.tick()
+    clock.advance(6)
+    b.mgr.tick()  # b's Pong is RUNNING now, in the shared games row
+    assert a.store.games()["Pong"]["state"] == "RUNNING"
+    a.fake.exits[stale] = 8  # the stale trainer read the new fence and wrote nothing
+    a.fake.exits[pid(a.mgr, "Breakout")] = 8
+    a.mgr.tick()
+    assert a.mgr.games == {}
+    assert a.store.games()["Pong"]["state"] == "RUNNING"  # b's row, not overwritten by a
+    ended = [r for r in a.store.runs("Pong") if r["box"] == "a"]
+    assert ended[0]["exit_code"] == 8 and "lease lost" in ended[0]["reason"]
+
+
+def test_a_trainer_that_finds_itself_superseded_drops_the_game_not_fatal(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, _b, clock = _boxes(tmp_path, profile)
+    a.mgr.tick()
+    clock.advance(6)
+    a.mgr.tick()
+    assert a.mgr.games["Pong"].state is State.RUNNING
+    # Before a's next renewal, the trainer itself exits 8 (the fence moved on).
+    a.fake.exits[pid(a.mgr, "Pong")] = 8
+    a.mgr.tick()
+    assert "Pong" not in a.mgr.games and "Pong" not in a.mgr.fleet.held
+    assert a.store.games()["Pong"]["state"] == "RUNNING"  # no FATAL written over the row
+
+
+def test_a_finished_game_leaves_the_queue(tmp_path: Path, profile: Profile) -> None:
+    a, b, _clock = _boxes(tmp_path, profile)
+    a.mgr.tick()
+    write_progress(a.mgr, "Pong", episodes=50, status="done", target_episodes=50)
+    a.fake.exits[pid(a.mgr, "Pong")] = 0
+    a.mgr.tick()
+    assert a.mgr.games["Pong"].state is State.DONE
+    b.mgr.tick()
+    assert set(b.mgr.games) == {"CartPole-v1"}  # not Pong: no work left
+    holders = a.mgr.fleet.leases.holders(0.0)
+    assert holders["Pong"] is None
+
+
+def test_queued_games_beyond_the_slots_go_back_to_the_fleet(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, b, _clock = _boxes(tmp_path, profile)
+    a.mgr.tick()
+    assert len(a.mgr.games) == 2
+    # Pressure at the bottom rung pauses one trainer: it checkpoints and queues, its slot is
+    # taken away, so the game goes back to the queue and b runs it.
+    paused = a.mgr.pause_newest("memory pressure")
+    assert paused is not None
+    a.fake.exits[pid(a.mgr, paused)] = 0
+    a.mgr.tick()
+    assert paused not in a.mgr.games and paused not in a.mgr.fleet.held
+    b.mgr.tick()
+    assert paused in b.mgr.games and b.mgr.games[paused].state is State.STARTING
