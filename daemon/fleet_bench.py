@@ -6,7 +6,8 @@
 On a scratch database (it adds a ``leases`` row per simulated game and leaves them), ``boxes``
 simulated boxes each claim ``games`` games (one claim call per slot, ``workers`` boxes at a time
 on their own connections, so claims contend as on a real fleet), then every box renews its
-leases once per round for ``rounds`` rounds. It prints one row per phase: calls, latency
+leases once per round for ``rounds`` rounds, and looks for operator command rows addressed to
+its games (what each daemon does once a second). It prints one row per phase: calls, latency
 percentiles, calls/s, and for renewals the database time one health-check interval costs the
 fleet. Rows, not a pass/fail: compare runs side by side on one machine.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from daemon.store import Store, StoreError
+from daemon.store.commands import Commands
 from daemon.store.leases import Leases
 
 
@@ -73,6 +75,26 @@ def run(url: str, boxes: int, games: int, rounds: int, workers: int, health_s: f
                 held += len(leases)  # type: ignore[arg-type]
     renew_wall = time.perf_counter() - t0
     per_round = renew_wall / max(1, rounds)
+
+    # A few commands among the fleet's games, so the polls find some (and the index is used).
+    commands = Commands(store)
+    for g in names[:: max(1, len(names) // 10)]:
+        commands.send(g, "restart", now, "bench")
+    mine = {box.box: [g for g in names if g.startswith(prefix)][i * games:(i + 1) * games]
+            for i, box in enumerate(fleet)}  # fmt: skip
+
+    def poll(box: Leases) -> tuple[float, object]:
+        return _timed(lambda: commands.due(mine[box.box]))
+
+    poll_lat: list[float] = []
+    found = 0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in range(rounds):
+            for lat, due in pool.map(poll, fleet):
+                poll_lat.append(lat)
+                found += len(due)  # type: ignore[arg-type]
+    poll_wall = time.perf_counter() - t0
     return [
         f"fleet_bench: {boxes} boxes x {games} games on {store.where}, {workers} at a time",
         f"{'phase':<10} {'calls':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'calls/s':>9}",
@@ -82,6 +104,9 @@ def run(url: str, boxes: int, games: int, rounds: int, workers: int, health_s: f
              f"leases renewed {held}/{claimed * rounds}; one round of the fleet "
              f"{per_round * 1000:.1f} ms = {100 * per_round / health_s:.2f}% of a "
              f"{health_s:g} s health check"),
+        _row("poll", poll_lat, poll_wall,
+             f"command polls (one a second per box): {found // max(1, rounds)} pending found "
+             f"per round; one round of the fleet {1000 * poll_wall / max(1, rounds):.1f} ms"),
     ]  # fmt: skip
 
 

@@ -117,6 +117,8 @@ def test_the_fleet_benchmark_prints_its_rows(pg_server) -> None:
     claim, renew = lines[2].split(), lines[3].split()
     assert claim[:2] == ["claim", "12"] and "claimed 12/12 games" in lines[2]
     assert renew[:2] == ["renew", "8"] and "leases renewed 24/24" in lines[3]
+    poll = lines[4].split()
+    assert poll[:2] == ["poll", "8"] and "12 pending found per round" in lines[4]
 
 
 def test_the_fleet_benchmark_refuses_nonsense(tmp_path: Path) -> None:
