@@ -470,8 +470,8 @@ class Supervisor:
         out = getattr(self.manager, verb)(here) if here else {}
         for n in names:
             if n not in out:
-                cid = fleet.commands.send(n, verb, self.clock.now())
-                out[n] = f"sent to its holder (fleet command #{cid})"
+                cid, done = fleet.commands.send(n, verb, self.clock.now())
+                out[n] = done or f"sent to its holder (fleet command #{cid})"
         return {"games": out}
 
     def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def cmd_fleet_games(ctl: Ctl, verb: str) -> int:
     try:
         commands = Commands(store)
         sent_by = f"atarictl@{socket.gethostname()}"
-        ids = {g: commands.send(g, verb, time.time(), sent_by) for g in games}
+        ids = {g: commands.send(g, verb, time.time(), sent_by)[0] for g in games}
         deadline = time.monotonic() + ctl.args.timeout
         done: dict[str, dict[str, Any]] = {}
         while len(done) < len(ids) and time.monotonic() < deadline:

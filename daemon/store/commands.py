@@ -3,6 +3,11 @@ holds travels as a row of ``commands`` (docs/fleet.md). Any box, or atarictl wit
 URL, writes one (``send``); the box that holds the game picks it up on its next loop pass
 (``due``), carries it out as if the command had come over its own socket, and records what it
 did (``done``). No ssh, and no box needs to reach another: the database is the only channel.
+
+A game no box holds (queued, or handed back at a shutdown) has nobody to carry a command out:
+``send`` then changes its shared games row at once (stop: STOPPED; start, restart: QUEUED),
+in the transaction that sees it unheld, with its lease row locked so no claim slips in. The box
+that claims it next restores that state, as a daemon restores a game at its start.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from daemon.store import schema as s
+from daemon.store.dialect import upsert
+from daemon.store.leases import write_lock
 from daemon.store.store import Store
 
 VERBS = ("start", "stop", "restart")
@@ -33,13 +40,39 @@ class Commands:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def send(self, game: str, verb: str, now: float, sent_by: str | None = None) -> int:
+    def send(
+        self, game: str, verb: str, now: float, sent_by: str | None = None
+    ) -> tuple[int, str | None]:
+        """(command id, result): the result is None while the holder is to carry it out, else
+        what was done in the queue (the game had no holder)."""
         if verb not in VERBS:
             raise ValueError(f"unknown fleet command {verb!r}; known: {', '.join(VERBS)}")
+        sender = sent_by or self.store.box
         with self.store._begin() as conn:
+            write_lock(conn)
+            # Held: some box's name on the lease, even expired (its holder may renew it yet,
+            # and a box that claims it meanwhile picks the command up as the new holder).
+            holder = conn.execute(select(s.leases.c.box).where(s.leases.c.game == game)
+                                  .with_for_update()).scalar()  # fmt: skip
+            result = None
+            if holder is None:
+                result = self._in_queue(conn, game, verb)
             res = conn.execute(insert(s.commands).values(
-                at=now, game=game, verb=verb, sent_by=sent_by or self.store.box))  # fmt: skip
-            return int(res.inserted_primary_key[0])
+                at=now, game=game, verb=verb, sent_by=sender, done_at=None if result is None
+                else now, done_by=None if result is None else sender, result=result))  # fmt: skip
+            return int(res.inserted_primary_key[0]), result
+
+    @staticmethod
+    def _in_queue(conn: Any, game: str, verb: str) -> str:
+        state = conn.execute(select(s.games.c.state).where(s.games.c.name == game)).scalar()
+        if verb == "stop":
+            new = "STOPPED"
+        else:
+            new = "QUEUED" if state in (None, "STOPPED", "FATAL", "QUEUED") else state
+        if new != state:
+            upsert(conn, s.games, {"name": game}, {"state": new}, {"target": 0})
+        return (f"{verb} {game}: no box holds it; {state or 'QUEUED'} -> {new} in the queue, "
+                "where the next box that claims it takes it up")  # fmt: skip
 
     def due(self, games: Collection[str]) -> list[CommandRow]:
         """Commands not carried out yet for ``games`` (the ones this box holds), oldest first."""

@@ -40,7 +40,7 @@ class Lease:
     expires_at: float
 
 
-def _write_lock(conn: Connection) -> None:
+def write_lock(conn: Connection) -> None:
     # SQLite takes its write lock at the first write: a claim's SELECT would read a queue another
     # process is about to change. IMMEDIATE takes it first; PostgreSQL has row locks instead.
     if conn.dialect.name == "sqlite":
@@ -76,7 +76,7 @@ class Leases:
         if games is not None:
             q = q.where(_c.game.in_(sorted(games)))
         with self.store._begin() as conn:
-            _write_lock(conn)
+            write_lock(conn)
             games = list(conn.execute(q).scalars())
             if not games:
                 return []

@@ -147,3 +147,23 @@ def test_queued_games_beyond_the_slots_go_back_to_the_fleet(
     assert paused not in a.mgr.games and paused not in a.mgr.fleet.held
     b.mgr.tick()
     assert paused in b.mgr.games and b.mgr.games[paused].state is State.STARTING
+
+
+def test_a_game_stopped_in_the_queue_is_claimed_stopped_and_started_by_its_holder(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, b, _clock = _boxes(tmp_path, profile)
+    a.mgr.tick()  # Pong, Breakout
+    _cid, done = a.mgr.fleet.commands.send("CartPole-v1", "stop", 0.0, "atarictl@ops")
+    assert done is not None  # nobody held CartPole: stopped in its shared row
+    b.mgr.tick()
+    assert states(b.mgr) == {"CartPole-v1": "STOPPED"}  # claimed, held, not started
+    assert b.fake.argv == {}
+    assert "CartPole-v1" in b.mgr.fleet.held
+    # Now it has a holder: a start waits for b, which carries it out on its own manager.
+    _cid, done = a.mgr.fleet.commands.send("CartPole-v1", "start", 1.0, "atarictl@ops")
+    assert done is None
+    (row,) = b.mgr.fleet.due_commands()
+    b.mgr.start([row.game])
+    assert states(b.mgr) == {"CartPole-v1": "STARTING"}
+    assert _token(b.argv("CartPole-v1")) == b.mgr.fleet.token("CartPole-v1")

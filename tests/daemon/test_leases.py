@@ -12,7 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from daemon.store import Store
+from daemon.store.commands import Commands
 from daemon.store.leases import Leases
 
 WORK = {"Breakout": 500.0, "Pong": 300.0, "Qbert": 200.0, "CartPole-v1": 10.0, "Done": 0.0}
@@ -125,3 +128,28 @@ def test_the_fleet_benchmark_refuses_nonsense(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "daemon.fleet_bench", "--url", "x", "--boxes",
                           "0"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2 and "must be positive" in out.stderr
+
+
+def test_a_command_waits_for_the_holder_and_one_for_an_unheld_game_is_done_in_the_queue(
+    new_db,
+) -> None:
+    store = Store.open(new_db(), box="box-a")
+    a = Leases(store, "box-a", 10)
+    a.offer({"Pong": 10.0, "Breakout": 5.0})
+    a.claim(1, now=0.0)  # Pong
+    cmds = Commands(store)
+    cid, done = cmds.send("Pong", "stop", 1.0, "atarictl@ops")
+    assert done is None
+    assert [(c.id, c.verb, c.sent_by) for c in cmds.due(["Pong", "Breakout"])] == [
+        (cid, "stop", "atarictl@ops")]  # fmt: skip
+    cmds.done(cid, 2.0, "Pong STOPPING")
+    assert cmds.due(["Pong"]) == [] and cmds.get(cid)["done_by"] == "box-a"
+    # Breakout has no holder: the stop is done at once, in its shared games row.
+    cid2, done2 = cmds.send("Breakout", "stop", 3.0)
+    assert done2 is not None and "no box holds it" in done2
+    assert store.games()["Breakout"]["state"] == "STOPPED"
+    assert cmds.due(["Breakout"]) == [] and cmds.get(cid2)["done_at"] == 3.0
+    cmds.send("Breakout", "start", 4.0)
+    assert store.games()["Breakout"]["state"] == "QUEUED"
+    with pytest.raises(ValueError, match="unknown fleet command"):
+        cmds.send("Pong", "explode", 5.0)
