@@ -12,9 +12,10 @@ under (its copy in the state dir).
 
 from __future__ import annotations
 
+import argparse
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -25,10 +26,16 @@ from daemon.durations import duration
 from daemon.store import postgres
 from daemon.store import schema as s
 
-if TYPE_CHECKING:
-    from daemon.atarictl.cli import Ctl
-
 EXIT_TIMEOUT = 7
+
+
+class Ctl(Protocol):
+    """What these commands use of ``daemon.atarictl.cli.Ctl``."""
+
+    args: argparse.Namespace
+    paths: Any
+
+    def out(self, human: str, data: Any) -> None: ...
 
 
 def store_url(ctl: Ctl) -> str:
