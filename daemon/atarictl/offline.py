@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import CtlError
+from daemon.reporting.data import of_box
 from daemon.status import (
     STORED_GAME_COLUMNS,
     STORED_RUN_COLUMNS,
@@ -38,33 +39,22 @@ class NoDatabase(CtlError):
 
 
 def postgres_store_url(state_dir: Path) -> str | None:
-    """The daemon's ``store.url`` when it names PostgreSQL, read from the profile it last ran
-    under; None for the state dir's own SQLite file."""
-    from daemon.paths import profile_copy
-    from daemon.store import postgres
+    """The daemon's ``store.url`` when it names PostgreSQL (its profile copy); else None."""
+    from daemon.store.postgres import url_of_state_dir
 
-    url = (profile_copy(state_dir).get("store") or {}).get("url")
-    return url if isinstance(url, str) and postgres.is_url(url) else None
+    return url_of_state_dir(state_dir)
 
 
 @contextlib.contextmanager
 def _postgres_snapshot(url: str) -> Iterator[Path]:
-    import tempfile
+    from daemon.store import StoreError
+    from daemon.store.portable import snapshot
 
-    from sqlalchemy.exc import DBAPIError
-
-    from daemon.store import postgres
-    from daemon.store.portable import copy_to_sqlite
-
-    with tempfile.TemporaryDirectory(prefix="atarictl-pg-") as tmp:
-        engine = postgres.make_engine(url, 5.0)
-        try:
-            copy_to_sqlite(engine, Path(tmp) / "atari.db")
-        except DBAPIError as exc:
-            raise CtlError(postgres.explain(postgres.label(url), exc), "db") from None
-        finally:
-            engine.dispose()
-        yield Path(tmp) / "atari.db"
+    try:
+        with snapshot(url) as snap:
+            yield snap
+    except StoreError as exc:
+        raise CtlError(str(exc), "db") from None
 
 
 @contextlib.contextmanager
@@ -117,12 +107,13 @@ def _select(
 
 
 def daemon_info(conn: sqlite3.Connection, box: str | None = None) -> dict[str, Any]:
+    mine, me = of_box(conn, "daemon_runs", box) if box else ("", ())
     rows = _select(
         conn,
         "daemon_runs",
         ("pid", "started_at", "last_heartbeat", "stopped_at", "clean_shutdown"),
-        "WHERE box = ? ORDER BY id DESC LIMIT 1" if box else "ORDER BY id DESC LIMIT 1",
-        (box,) if box else (),
+        f"WHERE 1 = 1{mine} ORDER BY id DESC LIMIT 1",
+        me,
     )
     if not rows:
         return {"running": False, "pid": None, "last_heartbeat": None}
@@ -151,17 +142,18 @@ def offline_status(
     runs_dir = db.parent / "runs" if runs_dir is None else runs_dir
     box = box_of(db.parent)
     with connect_ro(db) as conn:
-        # This box's rows (fleet mode); a schema before version 6 has no box column, and
-        # ``_select`` then reads the table unfiltered (it had one box).
+        # This box's rows (fleet mode; a schema before version 6 had one box).
+        mine, me = of_box(conn, "level_state", box)
         level = _select(conn, "level_state", ("state", "entered_at", "pinned"),
-                        "WHERE box = ? ORDER BY id LIMIT 1", (box,))  # fmt: skip
+                        f"WHERE 1 = 1{mine} ORDER BY id LIMIT 1", me)  # fmt: skip
         # Reboots only, as the daemon and the autoscaler count them (the first boot is none).
+        mine, me = of_box(conn, "boots", box)
         boots = _select(
             conn,
             "boots",
             ("detected_at",),
-            "WHERE detected_at >= ? AND previous_boot_id IS NOT NULL AND box = ?",
-            (now - 3600.0, box),
+            f"WHERE detected_at >= ? AND previous_boot_id IS NOT NULL{mine}",
+            (now - 3600.0, *me),
         )
         rows = _select(conn, "games", STORED_GAME_COLUMNS, "ORDER BY name")
         info = daemon_info(conn, box)
@@ -185,19 +177,24 @@ def offline_status(
 def offline_top(db: Path, now: float) -> dict[str, Any]:
     """``daemon/top.py``'s shape from the newest telemetry rows: what the daemon last sampled,
     trainer pids named by the runs table, the daemon's by its last daemon run."""
+    from daemon.paths import box_of
+
+    box = box_of(db.parent)
     with connect_ro(db) as conn:
         samples: dict[str, Any] = {}
         at: float | None = None
         for kind in ("host", "process", "gpu"):
+            mine, me = of_box(conn, "telemetry", box)  # this box's samples
             rows = _select(conn, "telemetry", ("at", "payload"),
-                           "WHERE kind = ? ORDER BY at DESC LIMIT 1", (kind,))  # fmt: skip
+                           f"WHERE kind = ?{mine} ORDER BY at DESC LIMIT 1",
+                           (kind, *me))  # fmt: skip
             if rows and rows[0]["payload"]:
                 with contextlib.suppress(ValueError, TypeError):
                     samples[kind] = json.loads(rows[0]["payload"])
                     at = max(at or 0.0, rows[0]["at"])
         # Newest run last: a reused pid is named by its latest run.
         games = {r["pid"]: r["game"] for r in _select(conn, "runs", ("pid", "game"), "ORDER BY id")}
-        info = daemon_info(conn)
+        info = daemon_info(conn, box)
     return build_top(source="database", now=now, sampled_at=at, host=samples.get("host"),
                      processes=samples.get("process"), gpu=samples.get("gpu"), games=games,
                      daemon_pid=info.get("pid"))  # fmt: skip

@@ -7,7 +7,9 @@ copy): they answer with the daemon down too. The drawing and the report are
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,22 @@ def add_parsers(sub: Any, parents: list[Any], duration: Any) -> None:
     r.add_argument("--html", action="store_true", help="print the HTML file's path, not the text")
 
 
+def _store_errors(fn: Callable[[Any], int]) -> Callable[[Any], int]:
+    """A PostgreSQL store that cannot be read is atarictl's one-line error, not a traceback."""
+
+    @functools.wraps(fn)
+    def run(ctl: Any) -> int:
+        from daemon.store import StoreError
+
+        try:
+            return fn(ctl)
+        except StoreError as exc:
+            raise CtlError(str(exc), "db") from None
+
+    return run
+
+
+@_store_errors
 def cmd_plot(ctl: Any) -> int:
     from daemon.reporting.data import connect_ro, game_names, read_history
     from daemon.reporting.plot import FORMATS, render
@@ -79,6 +97,7 @@ def _n(k: int, what: str) -> str:
     return f"{k} {what}{'' if k == 1 else 's'}"
 
 
+@_store_errors
 def cmd_report(ctl: Any) -> int:
     from daemon.reporting.report import make_report, reports
 

@@ -50,7 +50,17 @@ class History:
 
 @contextlib.contextmanager
 def connect_ro(db: Path) -> Iterator[sqlite3.Connection | None]:
-    """A read-only connection, or None when there is no database (plots from run dirs only)."""
+    """A read-only connection, or None when there is no database (plots from run dirs only).
+    On a PostgreSQL store (the state dir's profile copy names one), a snapshot of its rows
+    (``daemon/store/portable.py``); ``StoreError`` when the server cannot be read."""
+    from daemon.store.postgres import url_of_state_dir
+
+    if not db.is_file() and (url := url_of_state_dir(db.parent)) is not None:
+        from daemon.store.portable import snapshot
+
+        with snapshot(url) as snap, connect_ro(snap) as conn:
+            yield conn
+        return
     if not db.is_file():
         yield None
         return
@@ -76,6 +86,14 @@ def select(
         return []
     rows = conn.execute(f"SELECT {', '.join(wanted)} FROM {table} {tail}", params).fetchall()
     return [dict(r) for r in rows]
+
+
+def of_box(conn: sqlite3.Connection | None, table: str, box: str) -> tuple[str, tuple[str, ...]]:
+    """``AND box = ?`` and its parameter when ``table`` records boxes (schema 6), else nothing:
+    a fleet box's report shows its own level, boots and heartbeat."""
+    if conn is None or "box" not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+        return "", ()
+    return " AND box = ?", (box,)
 
 
 def read_curve(run_dir: Path, since: float = 0.0) -> Curve:

@@ -25,7 +25,7 @@ from typing import Any
 
 from daemon.durations import duration, eta_text
 from daemon.paths import DB_NAME, RUNS_NAME, box_of
-from daemon.reporting.data import EVAL_COLUMNS, connect_ro, read_history, select
+from daemon.reporting.data import EVAL_COLUMNS, connect_ro, of_box, read_history, select
 from daemon.scores import human_normalized
 from daemon.status import (
     STORED_GAME_COLUMNS,
@@ -96,24 +96,28 @@ def _profile(state_dir: Path) -> Any:
 def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
     db, runs = state_dir / DB_NAME, state_dir / RUNS_NAME
     profile = _profile(state_dir)
+    box = box_of(state_dir)
     with connect_ro(db) as conn:
+        mine, me = of_box(conn, "level_state", box)
         level = select(conn, "level_state", ("state", "entered_at", "pinned"),
-                       "WHERE box = ? ORDER BY id LIMIT 1", (box_of(state_dir),))  # fmt: skip
+                       f"WHERE 1 = 1{mine} ORDER BY id LIMIT 1", me)  # fmt: skip
+        mine, me = of_box(conn, "decisions", box)
         story = select(
             conn,
             "decisions",
             ("at", "kind", "from_state", "to_state", "reason"),
             "WHERE at >= ? AND game IS NULL AND kind IN ('level', 'process', "
-            "'operator') ORDER BY at",
-            (since,),
+            f"'operator'){mine} ORDER BY at",
+            (since, *me),
         )
         games = select(conn, "games", STORED_GAME_COLUMNS, "ORDER BY name")
+        mine, me = of_box(conn, "boots", box)
         boots = select(
             conn,
             "boots",
             ("detected_at", "boot_id", "downtime_s", "previous_clean_shutdown"),
-            "WHERE detected_at >= ? AND previous_boot_id IS NOT NULL ORDER BY detected_at",
-            (since,),
+            f"WHERE detected_at >= ? AND previous_boot_id IS NOT NULL{mine} ORDER BY detected_at",
+            (since, *me),
         )
         crashes = select(
             conn,
@@ -123,11 +127,13 @@ def gather(state_dir: Path, now: float, since: float) -> dict[str, Any]:
             (since,),
         )
         runs_rows = select(conn, "runs", STORED_RUN_COLUMNS, "ORDER BY id")
-        heartbeat = select(conn, "daemon_runs", ("last_heartbeat",), "ORDER BY id DESC LIMIT 1")
+        mine, me = of_box(conn, "daemon_runs", box)
+        heartbeat = select(conn, "daemon_runs", ("last_heartbeat",),
+                           f"WHERE 1 = 1{mine} ORDER BY id DESC LIMIT 1", me)  # fmt: skip
         evals = select(conn, "evals", EVAL_COLUMNS, "ORDER BY id")
-        gpu = select(
-            conn, "telemetry", ("at", "payload"), "WHERE kind = 'gpu' ORDER BY at DESC LIMIT 1"
-        )
+        mine, me = of_box(conn, "telemetry", box)
+        gpu = select(conn, "telemetry", ("at", "payload"),
+                     f"WHERE kind = 'gpu'{mine} ORDER BY at DESC LIMIT 1", me)  # fmt: skip
     latest = {e["game"]: e for e in evals}
     # EPS/H and ETA as `atarictl status` computes them from the same state dir.
     last = heartbeat[0]["last_heartbeat"] if heartbeat else None

@@ -17,11 +17,17 @@ atari-supervisor tables, through the same SQLAlchemy Core models as every other 
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, Integer, create_engine, delete, insert, select, text
+from sqlalchemy.exc import DBAPIError
 
+from daemon.store import postgres
 from daemon.store import schema as s
+from daemon.store.store import StoreError
 
 _CHUNK = 2000  # rows per INSERT: bounded memory for a long telemetry table
 
@@ -53,6 +59,22 @@ def copy_to_sqlite(src: Engine, dest: Path) -> dict[str, int]:
     finally:
         out.dispose()
     return counts
+
+
+@contextlib.contextmanager
+def snapshot(url: str) -> Iterator[Path]:
+    """The PostgreSQL store at ``url`` as a temporary SQLite file (one consistent snapshot),
+    for the readers written against SQLite: atarictl's offline reads, plots, the report.
+    ``StoreError`` (one line, no password) when the server cannot be read."""
+    with tempfile.TemporaryDirectory(prefix="atari-pg-") as tmp:
+        engine = postgres.make_engine(url, 5.0)
+        try:
+            copy_to_sqlite(engine, Path(tmp) / "atari.db")
+        except DBAPIError as exc:
+            raise StoreError(postgres.explain(postgres.label(url), exc)) from None
+        finally:
+            engine.dispose()
+        yield Path(tmp) / "atari.db"
 
 
 def load_from_sqlite(src: Path, dest: Engine) -> dict[str, int]:

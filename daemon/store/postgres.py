@@ -20,6 +20,7 @@ A password in the URL never reaches a message: ``label`` renders the URL without
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.dialects.postgresql import insert as insert
@@ -34,6 +35,15 @@ _MIGRATION_LOCK_KEY = 0x41544152  # "ATAR"
 
 def is_url(target: object) -> bool:
     return isinstance(target, str) and target.split(":", 1)[0].split("+", 1)[0] == SCHEME
+
+
+def url_of_state_dir(state_dir: Path) -> str | None:
+    """The ``store.url`` of the profile a state dir's daemon last ran under, when it names
+    PostgreSQL; None for the state dir's own SQLite file."""
+    from daemon.paths import profile_copy
+
+    url = (profile_copy(state_dir).get("store") or {}).get("url")
+    return url if isinstance(url, str) and is_url(url) else None
 
 
 def label(url: str) -> str:

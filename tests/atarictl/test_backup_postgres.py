@@ -153,3 +153,37 @@ def test_status_shows_the_latest_eval_of_a_postgres_store(tmp_path: Path, pg_ser
     assert ea["Pong"]["mean"] == -18.0 and eb == ea
     text = atarictl("--state-dir", str(pg), "status")
     assert "latest evals: Pong -18.0 (best model" in text.stdout, text.stdout
+
+
+def test_the_report_and_the_plot_read_a_postgres_store_as_they_read_sqlite(
+    tmp_path: Path, pg_server
+) -> None:
+    # The daemon's periodic report and `atarictl plot` read the store through
+    # daemon/reporting/data.py: on PostgreSQL they must see the same rows as on SQLite.
+    from daemon.reporting.data import read_history
+    from daemon.reporting.report import gather
+
+    now = time.time() - 60
+    url = pg_server.fresh_url("report")
+    lite = populate_state(tmp_path / "lite", now=now)
+    pg = populate_state(tmp_path / "pg", now=now, db=url)
+    (pg / "profile-in-effect.yaml").write_text(f"store: {{url: '{url}'}}\n")
+    ga, gb = gather(lite, now, now - 30 * 86400), gather(pg, now, now - 30 * 86400)
+    assert ga["level"] and ga["games"]
+    assert json.loads(json.dumps(gb, default=str).replace(str(pg), "S")) == json.loads(
+        json.dumps(ga, default=str).replace(str(lite), "S"))  # fmt: skip
+    ha = read_history(lite / "atari.db", lite / "runs", None, now - 30 * 86400)
+    hb = read_history(pg / "atari.db", pg / "runs", None, now - 30 * 86400)
+    assert ha.spans and (hb.spans, hb.reboots, hb.level_changes, hb.evals) == (
+        ha.spans, ha.reboots, ha.level_changes, ha.evals)  # fmt: skip
+    assert not (pg / "atari.db").exists()
+
+
+def test_plot_with_postgres_down_is_one_line(tmp_path: Path, pg_server) -> None:
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True)
+    url = pg_server.url("gone").replace(f":{pg_server.port}/", ":1/")  # nothing listens
+    (state / "profile-in-effect.yaml").write_text(f"store: {{url: '{url}'}}\n")
+    out = atarictl("--state-dir", str(state), "plot", "--out", str(tmp_path / "p.png"))
+    assert out.returncode == 1, out
+    assert "cannot reach PostgreSQL" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -215,3 +215,35 @@ def test_status_says_when_a_live_daemon_does_not_answer(state: Path) -> None:
     out = atarictl("--state-dir", str(state), "status")
     assert out.returncode == 3
     assert out.stdout.startswith(f"daemon NOT ANSWERING (pid {os.getpid()} alive")
+
+
+def test_offline_reads_of_a_fleet_box_show_its_own_level_boots_and_daemon(tmp_path: Path) -> None:
+    """Two boxes' rows in one store: the state dir's profile copy names its box, and offline
+    status, top and the report show that box's level, reboots, daemon run and telemetry."""
+    import time
+
+    from daemon.reporting.report import gather
+    from daemon.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "profile-in-effect.yaml").write_text("box: b\n")
+    now = time.time()
+    a, b = Store.open(state / "atari.db", box="a"), Store.open(state / "atari.db", box="b")
+    a.save_level_state(state="medium", entered_at=now - 100)
+    b.save_level_state(state="light", entered_at=now - 50)
+    a.record_boot("a-1", now - 90, reason="first")
+    a.record_boot("a-2", now - 80, reason="reboot", previous_boot_id="a-1")
+    b.record_boot("b-1", now - 70, reason="first")
+    a.daemon_started(111, "a-2", now - 60)
+    b.daemon_started(222, "b-1", now - 40)
+    a.add_telemetry(now - 5, "host", {"load1": 9.0})
+    b.add_telemetry(now - 10, "host", {"load1": 1.0})
+    b.upsert_game("Pong", state="RUNNING", target=10)
+    a.close(), b.close()
+    st = offline_status(state / "atari.db", now)
+    assert (st["level"], st["boots_last_hour"], st["daemon"]["pid"]) == ("light", 0, 222)
+    top = json.loads(atarictl("--state-dir", str(state), "top", "--json").stdout)
+    assert top["host"]["load1"] == 1.0  # b's sample, though a's is newer
+    report = gather(state, now, now - 3600)
+    assert report["level"]["state"] == "light" and report["reboots"] == []
