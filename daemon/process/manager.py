@@ -320,6 +320,9 @@ class ProcessManager:
         for name in [n for n in self.removed if self.games[n].proc is None]:
             del self.games[name]
             self.removed.discard(name)
+            if self.fleet is not None:
+                with contextlib.suppress(StoreError):  # else it expires after fleet.lease
+                    self.fleet.release(name)
         for name in [n for n in self.lost if n in self.games and self.games[n].proc is None]:
             del self.games[name]  # lost to another box: it shows there now
         self._fill_slots()
@@ -746,6 +749,10 @@ class ProcessManager:
         # The supervisor has already moved to a level of the new profile (``_sync_level``).
         assert self.level in profile.level_names, self.level
         self.profile, self.policy = profile, _backoff(profile)
+        if self.fleet is not None:
+            # New games queue here and are offered to the fleet (``_fill_from_fleet``), so
+            # whichever box has room claims them; a removed game is released once stopped.
+            self.fleet.games = frozenset(gt.name for gt in profile.games)
         for i, gt in enumerate(profile.games):
             g = self.games.get(gt.name)
             self.removed.discard(gt.name)

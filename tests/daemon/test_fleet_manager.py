@@ -167,3 +167,22 @@ def test_a_game_stopped_in_the_queue_is_claimed_stopped_and_started_by_its_holde
     b.mgr.start([row.game])
     assert states(b.mgr) == {"CartPole-v1": "STARTING"}
     assert _token(b.argv("CartPole-v1")) == b.mgr.fleet.token("CartPole-v1")
+
+
+def test_a_reload_offers_new_games_to_the_fleet_and_releases_removed_ones(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, b, clock = _boxes(tmp_path, profile)
+    a.mgr.tick()  # Pong, Breakout
+    b.mgr.tick()  # CartPole-v1
+    clock.advance(1.0)  # past each box's claim throttle (one claim pass a second)
+    bigger = MANAGER_PROFILE.add_game("Qbert", 100).drop_game("Breakout")
+    a.mgr.set_profile(bigger.load(tmp_path / "a2.yaml"))
+    b.mgr.set_profile(bigger.load(tmp_path / "b2.yaml"))
+    a.fake.exits[pid(a.mgr, "Breakout")] = 0  # the removed game's trainer checkpointed
+    b.mgr.tick()  # b's free slot takes Qbert
+    a.mgr.tick()
+    holders = {g: (h.box if h else None) for g, h in a.mgr.fleet.leases.holders(0.0).items()}
+    assert holders["Breakout"] is None  # released, nobody's
+    assert holders["Qbert"] == "b" and b.mgr.games["Qbert"].state is State.STARTING
+    assert "Breakout" not in a.mgr.games
