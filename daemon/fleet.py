@@ -30,6 +30,34 @@ from daemon.store.leases import Lease, Leases
 from trainer import contract
 
 
+class Paced:
+    """When to try a database call next: every ``every`` seconds while it works; after a failure
+    ``2, 4, 8 ...`` seconds up to ``most`` (a restarting server is not hammered once a second by
+    every box). ``failed`` and ``worked`` say when a streak begins and ends, so each outage is two
+    log lines, not one a second."""
+
+    def __init__(self, every: float = 1.0, most: float = 30.0) -> None:
+        self.every, self.most = every, most
+        self.failures = 0
+        self.next_at = 0.0
+
+    def due(self, mono: float) -> bool:
+        return mono >= self.next_at
+
+    def worked(self, mono: float) -> int:
+        """Schedule the next try; returns how many failures this success ends (0: none)."""
+        ended, self.failures = self.failures, 0
+        self.next_at = mono + self.every
+        return ended
+
+    def failed(self, mono: float) -> float:
+        """Schedule the retry; returns its delay (the first failure of a streak: ``every`` x 2)."""
+        self.failures += 1
+        delay = min(self.most, self.every * 2.0**self.failures)
+        self.next_at = mono + delay
+        return delay
+
+
 class Fleet:
     def __init__(
         self, store: Store, lease_s: float, clock: Clock, games: Collection[str]
@@ -40,6 +68,8 @@ class Fleet:
         self.clock = clock
         self.games = frozenset(games)  # what this box's profile may run
         self.held: dict[str, Lease] = {}
+        self.claims, self.polls = Paced(), Paced()  # the manager's claims, the command polls
+        self.renew_failures = 0  # renewals ride on the health check; counted for the log
 
     def start(self, work: Mapping[str, float]) -> int:
         """At daemon start: offer the profile's games (work left each), and hand back the

@@ -138,7 +138,6 @@ class Supervisor:
         self.metrics: Any = None
         self.last_procs: dict[str, Any] = {}
         self._status_line = ""
-        self._next_command_poll = 0.0
         for name, fn in (("status", self.cmd_status), ("start", self.cmd_start),
                          ("stop", self.cmd_stop), ("restart", self.cmd_restart),
                          ("reload", self.cmd_reload), ("shutdown", self.cmd_shutdown)):  # fmt: skip
@@ -267,13 +266,14 @@ class Supervisor:
         most one look a second."""
         fleet, mono = self.manager.fleet, self.clock.monotonic()
         assert fleet is not None
-        if mono < self._next_command_poll:
+        if not fleet.polls.due(mono):
             return
-        self._next_command_poll = mono + 1.0
         try:
             due = fleet.due_commands()
         except StoreError:
-            return  # the renewal logs the outage; the rows wait in the database
+            fleet.polls.failed(mono)  # the claims log the outage; the rows wait in the database
+            return
+        fleet.polls.worked(mono)
         for row in due:
             if row.game not in self.manager.games:
                 continue

@@ -127,7 +127,6 @@ class ProcessManager:
         # games row is no longer this box's to write.
         self.fleet: Fleet | None = None
         self.lost: set[str] = set()
-        self._next_claim = 0.0
 
     # ------------------------------------------------------------------ paths and records
 
@@ -547,13 +546,17 @@ class ProcessManager:
                 log.info("game handed back to the fleet", game=g.name, box=self.fleet.box,
                          reason=f"more queued games than free slots ({free})")  # fmt: skip
             want, mono = free - len(queued), self.clock.monotonic()
-            if want <= 0 or mono < self._next_claim:
+            if want <= 0 or not self.fleet.claims.due(mono):
                 return
-            self._next_claim = mono + 1.0
             claimed = self.fleet.claim(want)
         except StoreError as e:
-            log.warning("fleet queue unreachable; trainers keep running", error=str(e))
+            delay = self.fleet.claims.failed(self.clock.monotonic())
+            if self.fleet.claims.failures == 1:
+                log.warning("fleet queue unreachable; trainers keep running, claims retried "
+                            "with backoff", error=str(e), retry_in_s=delay)  # fmt: skip
             return
+        if ended := self.fleet.claims.worked(mono):
+            log.info("fleet queue reachable again", failed_claim_passes=ended)
         stored = self.store.games() if claimed else {}
         for lease in claimed:
             self._adopt(lease.game, lease.token, stored.get(lease.game, {}))
@@ -581,9 +584,16 @@ class ProcessManager:
         try:
             lost = self.fleet.renew()
         except StoreError as e:
-            log.warning("lease renewal failed; trainers keep running, retried at the next "
-                        "health check", error=str(e), lease=self.fleet.leases.lease_s)  # fmt: skip
+            self.fleet.renew_failures += 1
+            if self.fleet.renew_failures == 1:
+                log.warning("lease renewal failed; trainers keep running, retried at every "
+                            "health check", error=str(e),
+                            lease=self.fleet.leases.lease_s)  # fmt: skip
             return
+        if self.fleet.renew_failures:
+            log.info("leases renewed again", failed_renewals=self.fleet.renew_failures,
+                     lost=lost)  # fmt: skip
+            self.fleet.renew_failures = 0
         for name in lost:
             g = self.games.get(name)
             if g is not None:

@@ -9,6 +9,7 @@ beyond the slots go back to the fleet."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from daemon.clock import FakeClock
 from daemon.config import Profile
 from daemon.fleet import Fleet
 from daemon.process import ProcessManager, State
-from daemon.store import Store
+from daemon.store import Store, dialect
 from tests.support.fake_os import FakeOs, pid, states, write_progress
 from tests.support.profiles import MANAGER_PROFILE
 
@@ -186,3 +187,33 @@ def test_a_reload_offers_new_games_to_the_fleet_and_releases_removed_ones(
     assert holders["Breakout"] is None  # released, nobody's
     assert holders["Qbert"] == "b" and b.mgr.games["Qbert"].state is State.STARTING
     assert "Breakout" not in a.mgr.games
+
+
+def test_claims_back_off_while_the_store_refuses_and_resume_after(
+    tmp_path: Path, profile: Profile
+) -> None:
+    clock = FakeClock()
+    a = Box(tmp_path, profile, "a", clock)
+    a.store.engine.dispose()  # the same file, with a short busy timeout: a refusal is quick
+    a.store.engine, _ = dialect.open_engine(tmp_path / "atari.db", 0.05)
+    paced = a.mgr.fleet.claims
+    blocker = sqlite3.connect(tmp_path / "atari.db", isolation_level=None, timeout=5)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the file: every claim fails
+    try:
+        a.mgr.tick()
+        assert (paced.failures, a.mgr.games) == (1, {})
+        clock.advance(1.0)
+        a.mgr.tick()  # 2 s after the first failure: not tried yet
+        assert paced.failures == 1
+        clock.advance(1.5)
+        a.mgr.tick()
+        assert paced.failures == 2  # tried and refused: now 4 s until the next try
+        clock.advance(3.0)
+        a.mgr.tick()
+        assert paced.failures == 2
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    clock.advance(1.5)
+    a.mgr.tick()
+    assert paced.failures == 0 and states(a.mgr) == {"Pong": "STARTING", "Breakout": "STARTING"}
