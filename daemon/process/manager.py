@@ -531,6 +531,7 @@ class ProcessManager:
         """Claim games for the free slots (at most once a second); hand back queued games beyond
         them (a demotion, a pause), so another box with room runs them."""
         assert self.fleet is not None
+        self._adopt_held()
         free, queued = self.free_slots(), self.queue_order()
         try:
             for g in [g for g in queued if g.name not in self.fleet.held]:
@@ -557,9 +558,22 @@ class ProcessManager:
             return
         if ended := self.fleet.claims.worked(mono):
             log.info("fleet queue reachable again", failed_claim_passes=ended)
-        stored = self.store.games() if claimed else {}
-        for lease in claimed:
-            self._adopt(lease.game, lease.token, stored.get(lease.game, {}))
+        if claimed:
+            self._adopt_held()
+
+    def _adopt_held(self) -> None:
+        """Every game this box holds a lease on but does not run yet joins it: the ones just
+        claimed, and any whose adoption a store failure cut short (held and renewed meanwhile)."""
+        assert self.fleet is not None
+        waiting = {g: lease.token for g, lease in self.fleet.held.items() if g not in self.games}
+        if not waiting:
+            return
+        try:
+            stored = self.store.games()
+        except StoreError:
+            return  # on a later pass
+        for name, token in waiting.items():
+            self._adopt(name, token, stored.get(name, {}))
 
     def _adopt(self, name: str, token: int, row: dict[str, Any]) -> None:
         """A claimed game joins this box: its fence first (a stale holder's trainer stops
@@ -569,7 +583,16 @@ class ProcessManager:
         if index is None:  # claims are filtered by the profile's games; a reload raced it
             self.fleet.release(name)
             return
-        write_fence(self.run_dir(name), token)
+        try:
+            write_fence(self.run_dir(name), token)
+        except OSError as e:
+            # Without its fence a stale holder could write on: do not run it here; another box
+            # (or this one, on a later claim) may reach the shared storage.
+            log.error("cannot write the run dir's fence; game handed back to the fleet",
+                      game=name, path=str(self.run_dir(name)), error=str(e))  # fmt: skip
+            self.fleet.release(name)
+            self.fleet.claims.failed(self.clock.monotonic())  # not again at once
+            return
         self.lost.discard(name)
         g = self.games[name] = Game(name, self.profile.games[index].target, index)
         self._restore_game(g, row)

@@ -217,3 +217,17 @@ def test_claims_back_off_while_the_store_refuses_and_resume_after(
     clock.advance(1.5)
     a.mgr.tick()
     assert paced.failures == 0 and states(a.mgr) == {"Pong": "STARTING", "Breakout": "STARTING"}
+
+
+def test_a_game_whose_fence_cannot_be_written_goes_back_to_the_fleet(
+    tmp_path: Path, profile: Profile
+) -> None:
+    a, b, clock = _boxes(tmp_path, profile)
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    (tmp_path / "runs" / "Pong").write_text("not a directory")  # the shared storage refuses
+    a.mgr.tick()
+    assert states(a.mgr) == {"Breakout": "STARTING"} and "Pong" not in a.mgr.fleet.held
+    (tmp_path / "runs" / "Pong").unlink()
+    clock.advance(2.0)  # past a's claim backoff
+    b.mgr.tick()
+    assert b.mgr.games["Pong"].state is State.STARTING  # another box runs it
