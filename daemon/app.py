@@ -68,7 +68,9 @@ def make_level_source(
     return auto, boot_id
 
 
-def join_fleet(profile: Profile, store: Store, clock: Clock, manager: ProcessManager) -> None:
+def join_fleet(
+    profile: Profile, store: Store, clock: Clock, manager: ProcessManager, sup: Supervisor
+) -> None:
     """Fleet mode: offer this profile's games to the shared queue (the work each has left, from
     the shared run dirs) and hand back what a previous run of this box held; the manager then
     claims games for its slots on its first pass."""
@@ -78,6 +80,9 @@ def join_fleet(profile: Profile, store: Store, clock: Clock, manager: ProcessMan
     work = {g.name: float(manager.work_left(g.name, g.target)) for g in profile.games}
     released = fleet.start(work)
     manager.fleet = fleet
+    from daemon.fleet import fence_is
+
+    sup.evals.may_write = lambda game: fence_is(manager.run_dir(game), fleet.token(game))
     log.info("joined the fleet", box=store.box, lease=profile.fleet.lease, games=len(work),
              released_from_previous_run=released)  # fmt: skip
 
@@ -174,10 +179,11 @@ def run_daemon(
         stopped = manager.stop_leftovers(find_leftover)
         if stopped:
             log.warning("stopped leftover trainers of a previous daemon", games=stopped)
-        if profile.fleet.enabled:
-            join_fleet(profile, store, clock, manager)
+
         sup = Supervisor(profile, store, clock, manager, source, notifier=notifier,
                          gpu=GpuProbe(), daemon_run_id=run_id)  # fmt: skip
+        if profile.fleet.enabled:
+            join_fleet(profile, store, clock, manager, sup)
         install_signal_handlers(sup)
         from daemon.checks import Checks
 

@@ -76,6 +76,9 @@ class Evals:
         self.settings, self.runs_dir, self.store = settings, runs_dir, store
         self.clock, self.jobs = clock, jobs
         self.pending: list[str] = []
+        # Fleet mode: whether this box may still write into the game's run dir (its fence
+        # holds this box's token); one box alone always may.
+        self.may_write: Callable[[str], bool] = lambda _game: True
 
     @property
     def enabled(self) -> bool:
@@ -200,6 +203,11 @@ class Evals:
             "eval_id": eval_id,
             "at": now,
         }
+        if not self.may_write(game):
+            log.warning("eval result not copied: another box holds the game now (its run dir's "
+                        "fence holds a newer token)", game=game)  # fmt: skip
+            candidate.unlink(missing_ok=True)
+            return
         tmp = run / f".{BEST_EVAL_INFO}.tmp"
         tmp.write_text(json.dumps(info))
         os.replace(candidate, run / BEST_EVAL_FILE)

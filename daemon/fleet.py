@@ -114,6 +114,18 @@ class Fleet:
         return self.commands.due(self.held)
 
 
+def fence_is(run_dir: Path, token: int | None) -> bool:
+    """Whether the run dir's fence still holds ``token``: what the daemon checks before it
+    writes into a run dir itself (an eval's best-eval.pt), as the trainer does before each
+    rename. False when it holds another token, cannot be read, or ``token`` is None."""
+    if token is None:
+        return False
+    try:
+        return (run_dir / contract.FENCE_FILE).read_text().strip() == str(token)
+    except OSError:
+        return False
+
+
 def write_fence(run_dir: Path, token: int) -> None:
     """``<run-dir>/fence`` := ``token``, atomically and durably, before the new holder's trainer
     starts: a stale trainer reads it before each write and stops (trainer/rundir.py)."""

@@ -131,3 +131,23 @@ def test_a_failed_eval_records_nothing(box: Any) -> None:
     jobs.jobs.pop("eval").on_done(7, "", "atari-eval: model … is corrupt")
     assert store.evals() == [] and not (runs / "Pong" / "best-eval.pt").exists()
     assert not (runs / "Pong" / "eval" / "candidate.pt").exists()
+
+
+def test_a_fleet_box_superseded_during_an_eval_writes_no_best_eval(box: Any) -> None:
+    # Fleet mode: the box's fence check (daemon/fleet.py: fence_is) says whether it still holds
+    # the game when the eval ends; another box's run dir is left as it is.
+    from daemon.fleet import fence_is, write_fence
+
+    runs, store, jobs, _spawned = box
+    run = runs / "Pong"
+    (run / "best.pt").write_bytes(b"w")
+    write_fence(run, 3)
+    evals = Evals(EvalSettings(every=60.0), runs, store, FakeClock(), jobs)
+    evals.may_write = lambda game: fence_is(runs / game, 3)
+    evals.due(["Pong"])
+    evals.tick(lambda: True)
+    write_fence(run, 4)  # another box claimed Pong meanwhile
+    finish(jobs, -10.0, sha(run / "best.pt"))
+    assert not (run / "best-eval.pt").exists() and not (run / "eval" / "candidate.pt").exists()
+    assert len(store.evals()) == 1  # the measurement itself is recorded
+    assert fence_is(run, 4) and not fence_is(run, None) and not fence_is(runs / "Nope", 4)
