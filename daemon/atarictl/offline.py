@@ -170,7 +170,7 @@ def offline_status(
         next_decision=NextDecision("none: the daemon is down (it decides nothing)", None),
         # Not in the database: the level's slots and the cost are the profile's (the total
         # ETA then assumes every pending game runs at once, and no cost is projected).
-        slots=None, games=game_rows, gpu_cost_per_hour=None,
+        slots=None, games=game_rows, gpu_cost_per_hour=None, extra={"box": box},
     ).to_dict()  # fmt: skip
 
 

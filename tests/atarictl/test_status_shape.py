@@ -114,6 +114,7 @@ def test_the_live_daemon_and_the_offline_read_agree_on_one_database(tmp_path: Pa
     for key in ("level", "level_entered_at", "pinned", "boots_last_hour"):
         assert live[key] == offline[key], key
     assert set(offline) == set(live) - {"level_state", "autoscaler", "gpu_sample", "summary",
-                                        "counts", "pressure"}  # fmt: skip
+                                        "counts", "pressure", "fleet"}  # fmt: skip
+    assert offline["box"] == live["box"]  # the box whose rows these are
     assert offline["source"] == "database" and live["source"] == "daemon"
     assert GameRow(**offline["games"][0])  # the same row type
