@@ -202,6 +202,12 @@ def format_status(st: dict[str, Any]) -> str:
 def format_history(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no events in this window)"
+    if len({r.get("box") for r in rows if r.get("box")}) > 1:  # a fleet's store: say whose
+        return table(
+            ("TIME", "BOX", "KIND", "GAME", "WHAT", "REASON"),
+            [[timestamp(r["at"]), r.get("box") or "-", r["kind"], r.get("game") or "-",
+              r["what"], r.get("reason") or ""] for r in rows],
+        )  # fmt: skip
     return table(
         ("TIME", "KIND", "GAME", "WHAT", "REASON"),
         [

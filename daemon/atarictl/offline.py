@@ -221,6 +221,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                     "previous_boot_id",
                     "downtime_s",
                     "previous_clean_shutdown",
+                    "box",
                 ),
                 "WHERE detected_at >= ? ORDER BY detected_at",
                 (since,),
@@ -232,6 +233,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                         "at": r["detected_at"],
                         "kind": "boot",
                         "game": None,
+                        "box": r["box"],
                         "what": f"boot {str(r['boot_id'] or '?')[:8]}",
                         "reason": (
                             (
@@ -263,6 +265,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                     "exit_code",
                     "signal",
                     "reason",
+                    "box",
                 ),
                 "WHERE started_at >= ? OR ended_at >= ? ORDER BY started_at",
                 (since, since),
@@ -274,6 +277,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                             "at": r["started_at"],
                             "kind": "run",
                             "game": r["game"],
+                            "box": r["box"],
                             "what": f"pid {r['pid']} started: {r['level']} "
                             f"envs={r['num_envs']} batch={r['batch_size']}",
                             "reason": None,
@@ -286,6 +290,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                             "at": r["ended_at"],
                             "kind": "run",
                             "game": r["game"],
+                            "box": r["box"],
                             "what": f"pid {r['pid']} ended: {end}",
                             "reason": r["reason"],
                         }
@@ -295,7 +300,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
             for r in _select(
                 conn,
                 "decisions",
-                ("at", "kind", "game", "from_state", "to_state", "reason"),
+                ("at", "kind", "game", "from_state", "to_state", "reason", "box"),
                 "WHERE at >= ? ORDER BY at",
                 (since,),
             ):
@@ -308,6 +313,7 @@ def history(db: Path, since: float, kinds: tuple[str, ...]) -> list[dict[str, An
                         "at": r["at"],
                         "kind": r["kind"] or "decision",
                         "game": r["game"],
+                        "box": r["box"],
                         "what": f"{r['from_state'] or '-'} -> {r['to_state'] or '-'}",
                         "reason": r["reason"],
                     }

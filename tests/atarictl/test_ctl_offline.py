@@ -247,3 +247,8 @@ def test_offline_reads_of_a_fleet_box_show_its_own_level_boots_and_daemon(tmp_pa
     assert top["host"]["load1"] == 1.0  # b's sample, though a's is newer
     report = gather(state, now, now - 3600)
     assert report["level"]["state"] == "light" and report["reboots"] == []
+    # History is the fleet's, with a BOX column once more than one box wrote it.
+    text = atarictl("--state-dir", str(state), "history").stdout
+    head, *lines = text.splitlines()[1:]
+    assert head.split()[:3] == ["TIME", "BOX", "KIND"]
+    assert {ln.split()[3] for ln in lines if ln} == {"a", "b"}, text
