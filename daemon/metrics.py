@@ -116,6 +116,7 @@ class StatusCollector(Collector):
         yield from self._games(snap)
         yield from self._autoscaler(snap)
         yield from self._gpu(snap.status.get("gpu"))
+        yield from self._fleet(snap.status.get("fleet"))
 
     def _daemon(self, snap: Snapshot | None) -> Iterator[Metric]:
         up = GaugeMetricFamily("atari_daemon_up", "1 while the supervisor daemon serves metrics")
@@ -243,6 +244,9 @@ class StatusCollector(Collector):
             c.add_metric([], value)
             yield c
 
+    def _fleet(self, fleet: dict[str, Any] | None) -> Iterator[Metric]:
+        return _fleet_metrics(fleet)
+
     def _gpu(self, gpu: dict[str, Any] | None) -> Iterator[Metric]:
         yield _gauge("atari_gpu_available", "1 when NVML answers with at least one GPU",
                      1 if gpu and gpu.get("available") else 0)  # fmt: skip
@@ -266,6 +270,27 @@ class StatusCollector(Collector):
 
 def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fleet_metrics(fleet: dict[str, Any] | None) -> Iterator[Metric]:
+    """Fleet mode (docs/fleet.md): what this box holds, and how long its renewals and claims
+    have been failing (alert before the leases run out). Outside fleet mode the families are
+    there without samples, as the GPU ones on a CPU box."""
+    fleet = fleet if isinstance(fleet, dict) else {}
+    held = fleet.get("held") or {}
+    yield _gauge("atari_fleet_games_held", "games this box holds a lease on",
+                 len(held) if fleet else None)  # fmt: skip
+    yield _gauge("atari_fleet_lease_seconds", "fleet.lease", fleet.get("lease_s"))
+    yield _gauge("atari_fleet_renewal_failures", "lease renewals failed in a row (each health "
+                 "check; the leases expire after fleet.lease)",
+                 fleet.get("renew_failures"))  # fmt: skip
+    yield _gauge("atari_fleet_claim_failures", "claim passes failed in a row",
+                 fleet.get("claim_failures"))  # fmt: skip
+    tokens = GaugeMetricFamily("atari_fleet_lease_token", "fencing token of each held lease",
+                               labels=["game"])  # fmt: skip
+    for game, token in sorted(held.items()):
+        tokens.add_metric([game], float(token))
+    yield tokens
 
 
 def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:

@@ -511,6 +511,8 @@ class Supervisor:
                    "fleet": None if self.manager.fleet is None else {
                        "held": {g: lease.token for g, lease in self.manager.fleet.held.items()},
                        "games": sorted(self.manager.fleet.games),
+                       "renew_failures": self.manager.fleet.renew_failures,
+                       "claim_failures": self.manager.fleet.claims.failures,
                        "lease_s": self.manager.fleet.leases.lease_s}},
         ).to_dict()  # fmt: skip
 

@@ -196,6 +196,8 @@ def test_a_fleet_of_three_boxes(tmp_path: Path, daemons, pg_server) -> None:
     # Claimed within fleet.lease plus one check interval of the dead box's last renewal (a
     # 5 s margin for the standby's loop on a loaded 2-core box).
     assert moved["claimed_at"] - dead_expiry <= HEALTH_S + 5.0, (moved, dead_expiry)
+    print(f"handover: claimed {moved['claimed_at'] - killed_at:.2f} s after the kill, "
+          f"{moved['claimed_at'] - dead_expiry:.2f} s after the dead lease expired")  # fmt: skip
     boxes[standby].wait_running("CartPole-v1", checkpoint=False)
     ckpt_episodes = _resumed_from(boxes[standby], "CartPole-v1")
     assert ckpt_episodes > 0  # resumed from the killed box's checkpoint, not from scratch
@@ -229,6 +231,8 @@ def test_a_fleet_of_three_boxes(tmp_path: Path, daemons, pg_server) -> None:
         timeout=LEASE_S + 120,
     )
     assert new
+    claimed = db.rows(s.leases, s.leases.c.game == "Acrobot-v1")[0]["claimed_at"]
+    print(f"pause: Acrobot claimed by the returned box {claimed - paused_at:.2f} s after SIGSTOP")
     boxes[holder].wait_running("Acrobot-v1", checkpoint=False)
     new_pid = boxes[holder].game("Acrobot-v1")["pid"]
     def new_checkpoint() -> bool:

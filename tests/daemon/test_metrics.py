@@ -288,3 +288,17 @@ def test_the_loop_publishes_every_refresh_period_and_keeps_the_last_good_snapsho
     t[0] = 10.0
     pub.refresh()  # the build fails: the scrape keeps the last good one, the error is counted
     assert pub.snapshot() is second and pub.loop.job_errors == {"metrics": 1}
+
+
+def test_fleet_metrics_only_in_fleet_mode() -> None:
+    fams = _collect({"now": 1.0, "games": [], "gpu": None})
+    assert fams["atari_fleet_games_held"].samples == []  # one box: the family, no samples
+    assert fams["atari_fleet_lease_token"].samples == []
+    fams = _collect({"now": 1.0, "games": [], "gpu": None, "fleet": {
+        "held": {"Pong": 7, "Breakout": 3}, "lease_s": 60.0, "renew_failures": 2,
+        "claim_failures": 0}})  # fmt: skip
+    assert value(fams, "atari_fleet_games_held") == 2
+    assert value(fams, "atari_fleet_lease_seconds") == 60
+    assert value(fams, "atari_fleet_renewal_failures") == 2
+    assert value(fams, "atari_fleet_claim_failures") == 0
+    assert value(fams, "atari_fleet_lease_token", game="Pong") == 7
