@@ -74,14 +74,12 @@ def join_fleet(
     """Fleet mode: offer this profile's games to the shared queue (the work each has left, from
     the shared run dirs) and hand back what a previous run of this box held; the manager then
     claims games for its slots on its first pass."""
-    from daemon.fleet import Fleet
+    from daemon.fleet import Fleet, fence_is
 
     fleet = Fleet(store, profile.fleet.lease, clock, [g.name for g in profile.games])
     work = {g.name: float(manager.work_left(g.name, g.target)) for g in profile.games}
     released = fleet.start(work)
     manager.fleet = fleet
-    from daemon.fleet import fence_is
-
     sup.evals.may_write = lambda game: fence_is(manager.run_dir(game), fleet.token(game))
     log.info("joined the fleet", box=store.box, lease=profile.fleet.lease, games=len(work),
              released_from_previous_run=released)  # fmt: skip
@@ -179,7 +177,6 @@ def run_daemon(
         stopped = manager.stop_leftovers(find_leftover)
         if stopped:
             log.warning("stopped leftover trainers of a previous daemon", games=stopped)
-
         sup = Supervisor(profile, store, clock, manager, source, notifier=notifier,
                          gpu=GpuProbe(), daemon_run_id=run_id)  # fmt: skip
         if profile.fleet.enabled:

@@ -507,23 +507,20 @@ class ProcessManager:
     def _fill_slots(self) -> None:
         if self.draining:
             return
-        if self.fleet is not None and not self._draining_level():
-            self._fill_from_fleet()
         # While a level change drains, start nothing: old and new load must not overlap. The
         # drain is known by the epoch each live process was started at, whatever an operator
         # did to it since. (An operator start of a stopping game also pauses the queue, for
         # that one stop.)
-        if self._draining_level():
-            return
-        for g in self.queue_order()[: self.free_slots()]:
-            self._spawn(g, "slot free")
-
-    def _draining_level(self) -> bool:
-        return any(
+        if any(
             g.proc is not None
             and (g.epoch != self.epoch or (g.state is State.STOPPING and g.after is After.QUEUED))
             for g in self.games.values()
-        )
+        ):
+            return
+        if self.fleet is not None:
+            self._fill_from_fleet()  # claims and hands back games without a process only
+        for g in self.queue_order()[: self.free_slots()]:
+            self._spawn(g, "slot free")
 
     # ------------------------------------------------------------------ fleet mode
 
