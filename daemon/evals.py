@@ -27,6 +27,7 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.config.schema import EvalSettings
+from daemon.paths import fsync_dir
 from daemon.scores import human_normalized
 from daemon.side_jobs import SideJobs
 from daemon.store import Store, StoreError
@@ -49,14 +50,6 @@ def _sha256_copy(src: Path, dst: Path) -> str:
         fo.flush()
         os.fsync(fo.fileno())
     return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def best_eval_info(run_dir: Path) -> dict[str, Any] | None:
@@ -212,7 +205,7 @@ class Evals:
         tmp.write_text(json.dumps(info))
         os.replace(candidate, run / BEST_EVAL_FILE)
         os.replace(tmp, run / BEST_EVAL_INFO)
-        _fsync_dir(run)
+        fsync_dir(run)
         was = "none" if prev is None else f"{prev['mean']:g}"
         with contextlib.suppress(StoreError):
             self.store.record_decision(

@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from daemon.clock import Clock
+from daemon.paths import fsync_dir
 from daemon.store import Store
 from daemon.store.commands import CommandRow, Commands
 from daemon.store.leases import Lease, Leases
@@ -137,8 +138,4 @@ def write_fence(run_dir: Path, token: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(run_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(run_dir)

@@ -153,6 +153,15 @@ def resolve_dirs(
     )
 
 
+def fsync_dir(d: Path) -> None:
+    """Make a rename (or a new file) in ``d`` durable: the directory entry, not only the data."""
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def profile_copy(state_dir: Path) -> dict[str, Any]:
     """The profile the state dir's daemon last ran under (its copy, ``PROFILE_COPY_NAME``), as
     YAML; {} when there is none or it cannot be read."""

@@ -28,7 +28,15 @@ import structlog
 from daemon.atarictl.archive import BackupError, _walk, verify
 from daemon.atarictl.client import Client
 from daemon.atarictl.offline import postgres_store_url
-from daemon.paths import DB_NAME, LOCK_NAME, RUNS_NAME, Dirs, StateDirLocked, lock_state_dir
+from daemon.paths import (
+    DB_NAME,
+    LOCK_NAME,
+    RUNS_NAME,
+    Dirs,
+    StateDirLocked,
+    fsync_dir,
+    lock_state_dir,
+)
 
 log = structlog.get_logger("daemon.atarictl.restore")
 
@@ -229,18 +237,10 @@ SWAP_NAMES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", RUNS_NAME)
 MAX_INTENT_BYTES = 64 * 1024
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rename(state: Path, src: str, dst: str) -> None:
     os.rename(state / src, state / dst)
     for d in {(state / src).parent, (state / dst).parent}:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def _write_intent(state: Path, intent: dict[str, Any]) -> None:
@@ -254,7 +254,7 @@ def _write_intent(state: Path, intent: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)  # os.replace, not os.rename: the crash tests count the swap's renames
-    _fsync_dir(state)
+    fsync_dir(state)
 
 
 def _finish(state: Path, stage: Path, aside: Path) -> None:
@@ -267,7 +267,7 @@ def _finish(state: Path, stage: Path, aside: Path) -> None:
         aside.rmdir()  # only when empty: nothing was set aside
     with contextlib.suppress(FileNotFoundError):
         (state / INTENT_NAME).unlink()
-    _fsync_dir(state)
+    fsync_dir(state)
 
 
 def _read_intent(path: Path) -> dict[str, Any]:
