@@ -56,7 +56,6 @@ from daemon.atarictl.archive import (
     verify,
 )
 from daemon.atarictl.offline import models as registry_rows
-from daemon.atarictl.offline import postgres_store_url
 from daemon.paths import DB_NAME, PROFILE_COPY_NAME, Dirs
 from trainer import contract
 
@@ -294,8 +293,10 @@ def default_backup_path(now: float) -> Path:
 def backup(
     paths: Dirs, out: Path, now: float | None = None, *, with_logs: bool = False
 ) -> dict[str, Any]:
+    from daemon.store.postgres import url_of_state_dir
+
     now = time.time() if now is None else now
-    pg_url = postgres_store_url(paths.state_dir)
+    pg_url = url_of_state_dir(paths.state_dir)
     if pg_url is None and not paths.db.is_file():
         raise BackupError(
             f"no database at {paths.db}; nothing to back up (pass the daemon's --state-dir)",

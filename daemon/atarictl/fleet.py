@@ -39,9 +39,9 @@ class Ctl(Protocol):
 
 
 def store_url(ctl: Ctl) -> str:
-    from daemon.atarictl.offline import postgres_store_url
+    from daemon.store.postgres import url_of_state_dir
 
-    url = getattr(ctl.args, "store_url", None) or postgres_store_url(ctl.paths.state_dir)
+    url = getattr(ctl.args, "store_url", None) or url_of_state_dir(ctl.paths.state_dir)
     if not url:
         raise CtlError(
             f"--fleet needs the fleet's store: no PostgreSQL store.url in "

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from daemon.atarictl.client import CtlError
-from daemon.reporting.data import of_box
+from daemon.reporting.data import columns, of_box
 from daemon.status import (
     STORED_GAME_COLUMNS,
     STORED_RUN_COLUMNS,
@@ -38,9 +38,8 @@ class NoDatabase(CtlError):
     exit_code = 3
 
 
-def postgres_store_url(state_dir: Path) -> str | None:
-    """The daemon's ``store.url`` when it names PostgreSQL (its profile copy); else None."""
-    from daemon.store.postgres import url_of_state_dir
+def _postgres_url(state_dir: Path) -> str | None:
+    from daemon.store.postgres import url_of_state_dir  # sqlalchemy: only when it is asked
 
     return url_of_state_dir(state_dir)
 
@@ -59,7 +58,7 @@ def _postgres_snapshot(url: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def connect_ro(db: Path) -> Iterator[sqlite3.Connection]:
-    if not db.is_file() and (url := postgres_store_url(db.parent)) is not None:
+    if not db.is_file() and (url := _postgres_url(db.parent)) is not None:
         with _postgres_snapshot(url) as snap, connect_ro(snap) as conn:
             yield conn
         return
@@ -82,10 +81,6 @@ def connect_ro(db: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
 def _select(
     conn: sqlite3.Connection,
     table: str,
@@ -93,7 +88,7 @@ def _select(
     tail: str = "",
     params: tuple[Any, ...] = (),
 ) -> list[dict[str, Any]]:
-    have = _columns(conn, table)
+    have = columns(conn, table)
     if not have:
         return []
     cols = [c for c in wanted if c in have]
@@ -345,7 +340,7 @@ def models(db: Path, runs_dir: Path) -> list[dict[str, Any]]:
     """The model registry (store table `models`), completed from run dirs for games the store
     does not list yet, so `atarictl models` answers even before the first registry write."""
     rows: list[dict[str, Any]] = []
-    if db.is_file() or postgres_store_url(db.parent) is not None:
+    if db.is_file() or _postgres_url(db.parent) is not None:
         with connect_ro(db) as conn:
             for r in _select(
                 conn,

@@ -143,11 +143,11 @@ def latest_evals_of(db: Path, games: list[str]) -> dict[str, dict[str, Any]]:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from daemon.atarictl.offline import postgres_store_url
     from daemon.reporting.data import latest_evals
+    from daemon.store.postgres import url_of_state_dir
 
     try:
-        if not db.is_file() and (url := postgres_store_url(db.parent)) is not None:
+        if not db.is_file() and (url := url_of_state_dir(db.parent)) is not None:
             rows = _postgres_latest_evals(url)
         else:
             rows = latest_evals(db)

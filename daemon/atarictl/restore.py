@@ -27,7 +27,6 @@ import structlog
 
 from daemon.atarictl.archive import BackupError, _walk, verify
 from daemon.atarictl.client import Client
-from daemon.atarictl.offline import postgres_store_url
 from daemon.paths import (
     DB_NAME,
     LOCK_NAME,
@@ -163,7 +162,9 @@ def _restore_locked(
         _walk(archive, stage)  # second pass writes and re-hashes what lands on disk
         _check_db(stage / DB_NAME, archive)
         (stage / RUNS_NAME).mkdir(exist_ok=True)
-        pg_url = postgres_store_url(state)
+        from daemon.store.postgres import url_of_state_dir
+
+        pg_url = url_of_state_dir(state)
         if pg_url is not None:
             aside.mkdir()
             _load_postgres(pg_url, stage / DB_NAME, aside / DB_NAME)

@@ -81,17 +81,23 @@ def select(
 ) -> list[dict[str, Any]]:
     if conn is None:
         return []
-    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    have = columns(conn, table)
     if not have or not set(wanted) <= have:
         return []
     rows = conn.execute(f"SELECT {', '.join(wanted)} FROM {table} {tail}", params).fetchall()
     return [dict(r) for r in rows]
 
 
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The table's columns in this file ({} when it has no such table): readers of an older or
+    newer schema select only what exists."""
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def of_box(conn: sqlite3.Connection | None, table: str, box: str) -> tuple[str, tuple[str, ...]]:
     """``AND box = ?`` and its parameter when ``table`` records boxes (schema 6), else nothing:
     a fleet box's report shows its own level, boots and heartbeat."""
-    if conn is None or "box" not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+    if conn is None or "box" not in columns(conn, table):
         return "", ()
     return " AND box = ?", (box,)
 
