@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from atari_service import UNIT, Service
 from systemd_sandbox import Sandbox, unavailable_reason
 
 from tests.support.prereq import missing
@@ -35,6 +36,16 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield box
     finally:
         box.kill()
+
+
+@pytest.fixture(scope="module")
+def service(sandbox: Sandbox) -> Iterator[Service]:
+    """The unit installed in the module's sandbox (its drop-in written, not started)."""
+    svc = Service(sandbox)
+    svc.write_dropin()
+    yield svc
+    # Whatever failed, stop the service gracefully before the sandbox is killed.
+    sandbox.systemctl("stop", UNIT, check=False, timeout=200)
 
 
 @pytest.fixture

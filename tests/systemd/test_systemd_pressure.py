@@ -10,25 +10,16 @@ by a reload, the next promotion is refused with the projected footprint in its r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from atari_service import UNIT, Service
-from systemd_sandbox import Sandbox, wait_for
+from systemd_sandbox import wait_for
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
 PROFILE = Path(__file__).with_name("pressure-profile.yaml")
 GAMES = ("Pong", "Breakout")
-
-
-@pytest.fixture(scope="module")
-def service(sandbox: Sandbox) -> Iterator[Service]:
-    svc = Service(sandbox)
-    svc.write_dropin()
-    yield svc
-    sandbox.systemctl("stop", UNIT, check=False, timeout=200)
 
 
 def _cgroup_file(svc: Service, name: str) -> str:

@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from atari_service import GAMES, PROFILE, STALL_FILE, UNIT, Service
-from systemd_sandbox import Sandbox, wait_for
+from systemd_sandbox import wait_for
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def service(sandbox: Sandbox) -> Iterator[Service]:
-    svc = Service(sandbox)
-    svc.write_dropin()
-    yield svc
-    # Whatever failed, stop the service gracefully before the sandbox is killed.
-    sandbox.systemctl("stop", UNIT, check=False, timeout=200)
 
 
 def _sigkills(service: Service) -> list[str]:
