@@ -116,7 +116,7 @@ class StatusCollector(Collector):
         yield from self._games(snap)
         yield from self._autoscaler(snap)
         yield from self._gpu(snap.status.get("gpu"))
-        yield from self._fleet(snap.status.get("fleet"))
+        yield from _fleet_metrics(snap.status.get("fleet"))
 
     def _daemon(self, snap: Snapshot | None) -> Iterator[Metric]:
         up = GaugeMetricFamily("atari_daemon_up", "1 while the supervisor daemon serves metrics")
@@ -243,9 +243,6 @@ class StatusCollector(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
-
-    def _fleet(self, fleet: dict[str, Any] | None) -> Iterator[Metric]:
-        return _fleet_metrics(fleet)
 
     def _gpu(self, gpu: dict[str, Any] | None) -> Iterator[Metric]:
         yield _gauge("atari_gpu_available", "1 when NVML answers with at least one GPU",
