@@ -178,8 +178,8 @@ def offline_top(db: Path, now: float) -> dict[str, Any]:
     with connect_ro(db) as conn:
         samples: dict[str, Any] = {}
         at: float | None = None
+        mine, me = of_box(conn, "telemetry", box)  # this box's samples
         for kind in ("host", "process", "gpu"):
-            mine, me = of_box(conn, "telemetry", box)  # this box's samples
             rows = _select(conn, "telemetry", ("at", "payload"),
                            f"WHERE kind = ?{mine} ORDER BY at DESC LIMIT 1",
                            (kind, *me))  # fmt: skip
